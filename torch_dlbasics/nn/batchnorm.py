@@ -35,12 +35,11 @@ numbers; ``eps`` and ``momentum`` are plain arguments):
   per channel, shared over the spatial positions.
 
 Implementation notes: statistics are taken over an ``(N, C, S)`` view (or ``(N, S, C)`` for
-channels_last), not with ``var_mean`` over dims ``(0, 2, 3)``: per sample and channel one
-reading gives ``sum(x)`` (a matrix-vector product with ones) and ``sum(x**2)``
-(``vector_norm``), and the per-sample groups are combined exactly (Chan et al.), so only the
-spread *within* one sample's spatial positions comes from ``sum(x**2) - S * mean**2`` (relative
-error about ``eps_dtype * mean**2 / var`` within a sample, where torch's CPU kernel makes a
-second pass); ``(N, C)`` inputs use two passes (mean, then centred squares). Float16/bfloat16 inputs are computed in
+channels_last), not with ``var_mean`` over dims ``(0, 2, 3)`` (slow on CPU): per sample and
+channel a sum over the contiguous spatial positions gives the mean, a second pass over a few
+samples at a time (the centred chunk stays in cache) gives ``sum((x - mean_n)**2)``, and the
+per-sample groups are combined exactly (Chan et al.). Two centred passes, as torch's kernels
+make, so a mean large against the spread loses no precision. Float16/bfloat16 inputs are computed in
 float32 (statistics, ``running_*`` updates and ``dx``), as the built-in. Only the input,
 ``weight`` and the per-channel mean and inverse standard deviation are saved for backward (no
 normalised copy). For double backward (``create_graph=True``) the backward recomputes the batch
@@ -69,6 +68,9 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "_BatchNorm", "batch_norm"]
+
+
+_CHUNK_ELEMENTS = 1 << 20  # about 4 MB of float32: a centred chunk stays in cache
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -107,34 +109,42 @@ def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
     return t.view((-1,) + (1,) * (x.dim() - 2))
 
 
-def _group_sums(v: Tensor, channels_last: bool) -> Tensor:
-    """Per sample and channel ``sum(x)`` over the spatial positions, ``(N, C)``: a matrix-vector
-    product with ones (BLAS reads the data once, much faster than ``sum`` over short rows)."""
-    if channels_last:  # (N, S, C)
-        return torch.matmul(v.new_ones(1, v.shape[1]), v).squeeze(1)
-    return torch.matmul(v, v.new_ones(v.shape[2]))  # (N, C, S)
+def _rows_per_chunk(v: Tensor) -> int:
+    """How many samples of ``v`` make about ``_CHUNK_ELEMENTS`` values (at least one)."""
+    return max(1, _CHUNK_ELEMENTS // max(1, math.prod(v.shape[1:])))
 
 
-def _channel_sums(v: Tensor, channels_last: bool) -> Tensor:
-    """Per-channel ``sum(x)`` over everything but the channel dim."""
-    return v.sum(0) if v.dim() == 2 else _group_sums(v, channels_last).sum(0)
+def _dy_sums(dyv: Tensor, xv: Tensor, mean: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``, reading ``dy`` and ``x`` once.
 
-
-def _sum_products(a: Tensor, b: Tensor, channels_last: bool) -> Tensor:
-    """Per-channel ``sum(a * b)``, without a full-size temporary where the layout allows."""
-    if a.dim() == 3 and not channels_last:  # (N, C, S): one dot product per row, summed over N
-        return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).sum(0).view(-1)
-    return (a * b).sum(_reduce_dims(a, channels_last))
+    On ``(N, C, S)`` / ``(N, S, C)`` views the work goes a few samples at a time, so the centred
+    chunk ``x - mean`` stays in cache; centring before the product keeps ``sum(dy * xc)`` free
+    of the cancellation that ``sum(dy * x) - mean * sum(dy)`` suffers for a large mean.
+    """
+    if xv.dim() == 2:
+        return dyv.sum(0), torch.linalg.vecdot(xv - mean, dyv, dim=0)
+    if xv.shape[0] == 0:
+        return mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
+    sdim = 1 if channels_last else 2
+    mean_b = mean.view(1, 1, -1) if channels_last else mean.view(1, -1, 1)
+    step = _rows_per_chunk(xv)
+    sums, dots = [], []
+    for i in range(0, xv.shape[0], step):
+        dyc = dyv[i : i + step]
+        sums.append(dyc.sum(sdim))
+        dots.append(torch.linalg.vecdot(xv[i : i + step] - mean_b, dyc, dim=sdim))
+    return torch.cat(sums).sum(0), torch.cat(dots).sum(0)
 
 
 def _batch_stats(xv: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance.
+    """Per-channel mean and biased variance, by two passes over cache-sized chunks.
 
-    For ``(N, C, S)`` / ``(N, S, C)`` views: per sample and channel, ``sum(x)`` and ``sum(x**2)``
-    in one reading of the data, then the groups are combined exactly (Chan et al.):
-    ``M2 = sum_n M2_n + S * sum_n (mean_n - mean)**2``. The spread *between* samples is thus
-    computed from centred values; only the spread within one sample's ``S`` positions comes from
-    ``sum(x**2) - S * mean_n**2``. For ``(N, C)`` input, two passes (the mean, then the centred squares).
+    For ``(N, C, S)`` / ``(N, S, C)`` views: per sample and channel the mean (one summing pass),
+    then ``M2_n = sum((x - mean_n)**2)`` over a few samples at a time, so the centred copy
+    stays in cache instead of costing a full-size temporary; the per-sample groups are combined
+    exactly (Chan et al.): ``M2 = sum_n M2_n + S * sum_n (mean_n - mean)**2``. Every term is
+    centred, so nothing cancels when the mean is large against the spread (``sum(x**2) -
+    M * mean**2`` would). For ``(N, C)`` input, the same two passes on the whole batch.
     """
     c = xv.shape[-1] if channels_last else xv.shape[1]
     m = xv.numel() // c
@@ -147,10 +157,15 @@ def _batch_stats(xv: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
         return mean, (xc * xc).sum(0) / m
     sdim = 1 if channels_last else 2
     s = xv.shape[sdim]
-    sum_n = _group_sums(xv, channels_last)  # (N, C)
-    sumsq_n = torch.linalg.vector_norm(xv, dim=sdim).square_()
-    mean_n = sum_n / s
-    m2_n = (sumsq_n - sum_n * mean_n).clamp_min_(0.0)
+    mean_n = xv.sum(sdim, keepdim=True).div_(s)  # (N, C, 1) or (N, 1, C)
+    step = _rows_per_chunk(xv)
+    m2_n = torch.cat(
+        [
+            torch.linalg.vector_norm(xv[i : i + step] - mean_n[i : i + step], dim=sdim)
+            for i in range(0, xv.shape[0], step)
+        ]
+    ).square_()  # (N, C)
+    mean_n = mean_n.squeeze(sdim)
     mean = mean_n.mean(0)
     m2 = m2_n.sum(0) + s * (mean_n - mean).square_().sum(0)
     return mean, m2 / m
@@ -184,8 +199,10 @@ class _BatchNormFunction(torch.autograd.Function):
             -mean * scale if bias is None else torch.addcmul(bias.to(acc), mean, scale, value=-1)
         )
         # One elementwise pass in x's own shape and memory format (the output is not a view).
-        y = torch.addcmul(_broadcastable(shift, x), xa, _broadcastable(scale, x)).to(x.dtype)
-        return y, mean, var
+        y = torch.addcmul(_broadcastable(shift, x), xa, _broadcastable(scale, x))
+        # No ``.to`` when the dtype already fits: torch 2.11's dynamo then hands the backward a
+        # zero ``dout`` under torch.compile (seen with torch 2.11.0; 2.4.1 and 2.14.1 are fine).
+        return (y if y.dtype == x.dtype else y.to(x.dtype)), mean, var
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -215,8 +232,8 @@ class _BatchNormFunction(torch.autograd.Function):
             invstd = torch.rsqrt(var + ctx.eps)
         gamma = torch.ones_like(invstd) if weight is None else weight.to(acc)
 
-        dbeta = _channel_sums(dyv, cl)  # sum(dout)
-        dgamma = (_sum_products(dyv, xv, cl) - mean * dbeta) * invstd  # sum(dout * xn)
+        dbeta, dout_xc = _dy_sums(dyv, xv, mean, cl)  # sum(dout), sum(dout * xc)
+        dgamma = dout_xc * invstd  # sum(dout * xn)
         dx = None
         if ctx.needs_input_grad[0]:
             k = gamma * invstd  # dxn = gamma * dout;  dxc = dxn / std  (+ the dvar term)

@@ -83,7 +83,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
         out = (xs - mu.view(shape)).mul_(scale.view(shape))
         if bias is not None:
             out.add_(bias.view(shape))
-        return out.to(x.dtype), mu, var, n
+        # No no-op ``.to``: it makes torch 2.11's dynamo pass a zero ``dout`` (see batchnorm.py).
+        return (out if out.dtype == x.dtype else out.to(x.dtype)), mu, var, n
 
     @staticmethod
     @once_differentiable
