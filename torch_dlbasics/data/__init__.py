@@ -1,0 +1,23 @@
+"""Data for the examples: MNIST through torchvision, with an offline PyPI mirror."""
+
+from .mnist import (
+    MNIST_SHA256,
+    MNISTUnavailableError,
+    default_root,
+    load_mnist,
+    prepare_mnist,
+    read_idx,
+    verify_raw,
+    write_idx,
+)
+
+__all__ = [
+    "MNIST_SHA256",
+    "MNISTUnavailableError",
+    "default_root",
+    "load_mnist",
+    "prepare_mnist",
+    "read_idx",
+    "verify_raw",
+    "write_idx",
+]
