@@ -34,12 +34,11 @@ numbers; ``eps`` and ``momentum`` are plain arguments):
   ``BatchNorm1d(C*H*W)`` applied to ``x.flatten(1)``. torch (``book=False``) uses one statistic
   per channel, shared over the spatial positions.
 
-Implementation notes: statistics are taken over an ``(N, C, S)`` view (or ``(N, S, C)`` for
-channels_last), not with ``var_mean`` over dims ``(0, 2, 3)`` (slow on CPU): per sample and
-channel a sum over the contiguous spatial positions gives the mean, a second pass over a few
-samples at a time (the centred chunk stays in cache) gives ``sum((x - mean_n)**2)``, and the
-per-sample groups are combined exactly (Chan et al.). Two centred passes, as torch's kernels
-make, so a mean large against the spread loses no precision. Float16/bfloat16 inputs are computed in
+Implementation notes: statistics are taken over an ``(N, C, S)`` view (spatial innermost) or
+an ``(M, C)`` matrix (2D input, or channels_last: channel innermost), not with ``var_mean`` over
+dims ``(0, 2, 3)`` (slow on CPU): a first pass sums, a second sums ``(x - mean)**2`` a few rows
+at a time so the centred chunk stays in cache. Two centred passes, as torch's kernels make, so
+a mean large against the spread loses no precision. Float16/bfloat16 inputs are computed in
 float32 (statistics, ``running_*`` updates and ``dx``), as the built-in. Only the input,
 ``weight`` and the per-channel mean and inverse standard deviation are saved for backward (no
 normalised copy). For double backward (``create_graph=True``) the backward recomputes the batch
@@ -87,21 +86,24 @@ def _is_channels_last(x: Tensor) -> bool:
 
 
 def _channel_view(t: Tensor, channels_last: bool) -> Tensor:
-    """``t`` as ``(N, C)``, ``(N, C, S)`` (spatial innermost) or ``(N, S, C)`` (channels_last),
-    without a copy when ``t`` already has that layout."""
+    """``t`` as a matrix ``(M, C)`` (2D input, or channels_last: channel innermost) or as
+    ``(N, C, S)`` (spatial innermost), without a copy when ``t`` already has that layout."""
     if t.dim() == 2:
         return t
-    n, c = t.shape[0], t.shape[1]
-    spatial = math.prod(t.shape[2:])
+    n, c, spatial = t.shape[0], t.shape[1], math.prod(t.shape[2:])
     if channels_last:
-        return t.movedim(1, -1).reshape(n, spatial, c)
+        return t.movedim(1, -1).reshape(n * spatial, c)
     return t.reshape(n, c, spatial)
 
 
-def _reduce_dims(v: Tensor, channels_last: bool) -> tuple[int, ...]:
-    if v.dim() == 2:
-        return (0,)
-    return (0, 1) if channels_last else (0, 2)
+def _reduce_dims(v: Tensor) -> tuple[int, ...]:
+    """The dims of a :func:`_channel_view` that hold one channel's values."""
+    return (0,) if v.dim() == 2 else (0, 2)
+
+
+def _per_channel(t: Tensor, v: Tensor) -> Tensor:
+    """A per-channel vector ``(C,)`` shaped to broadcast against the view ``v``."""
+    return t if v.dim() == 2 else t.view(1, -1, 1)
 
 
 def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
@@ -110,65 +112,44 @@ def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
 
 
 def _rows_per_chunk(v: Tensor) -> int:
-    """How many samples of ``v`` make about ``_CHUNK_ELEMENTS`` values (at least one)."""
+    """How many rows of ``v`` make about ``_CHUNK_ELEMENTS`` values (at least one)."""
     return max(1, _CHUNK_ELEMENTS // max(1, math.prod(v.shape[1:])))
 
 
-def _dy_sums(dyv: Tensor, xv: Tensor, mean: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``, reading ``dy`` and ``x`` once.
+def _batch_stats(xv: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of a :func:`_channel_view`, in two passes.
 
-    On ``(N, C, S)`` / ``(N, S, C)`` views the work goes a few samples at a time, so the centred
-    chunk ``x - mean`` stays in cache; centring before the product keeps ``sum(dy * xc)`` free
-    of the cancellation that ``sum(dy * x) - mean * sum(dy)`` suffers for a large mean.
+    The first pass sums; the second sums ``(x - mean)**2`` a few rows at a time, so the
+    centred chunk stays in cache instead of costing a full-size temporary. Every square is
+    centred, so nothing cancels when the mean is large against the spread (``sum(x**2) / M -
+    mean**2`` would).
     """
-    if xv.dim() == 2:
-        return dyv.sum(0), torch.linalg.vecdot(xv - mean, dyv, dim=0)
-    if xv.shape[0] == 0:
-        return mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
-    sdim = 1 if channels_last else 2
-    mean_b = mean.view(1, 1, -1) if channels_last else mean.view(1, -1, 1)
-    step = _rows_per_chunk(xv)
-    sums, dots = [], []
-    for i in range(0, xv.shape[0], step):
-        dyc = dyv[i : i + step]
-        sums.append(dyc.sum(sdim))
-        dots.append(torch.linalg.vecdot(xv[i : i + step] - mean_b, dyc, dim=sdim))
-    return torch.cat(sums).sum(0), torch.cat(dots).sum(0)
-
-
-def _batch_stats(xv: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance, by two passes over cache-sized chunks.
-
-    For ``(N, C, S)`` / ``(N, S, C)`` views: per sample and channel the mean (one summing pass),
-    then ``M2_n = sum((x - mean_n)**2)`` over a few samples at a time, so the centred copy
-    stays in cache instead of costing a full-size temporary; the per-sample groups are combined
-    exactly (Chan et al.): ``M2 = sum_n M2_n + S * sum_n (mean_n - mean)**2``. Every term is
-    centred, so nothing cancels when the mean is large against the spread (``sum(x**2) -
-    M * mean**2`` would). For ``(N, C)`` input, the same two passes on the whole batch.
-    """
-    c = xv.shape[-1] if channels_last else xv.shape[1]
+    dims, c = _reduce_dims(xv), xv.shape[1]
     m = xv.numel() // c
     if m == 0:
         zeros = xv.new_zeros(c)
         return zeros, zeros.clone()
-    if xv.dim() == 2:  # two passes: the mean, then the centred squares
-        mean = xv.sum(0) / m
-        xc = xv - mean
-        return mean, (xc * xc).sum(0) / m
-    sdim = 1 if channels_last else 2
-    s = xv.shape[sdim]
-    mean_n = xv.sum(sdim, keepdim=True).div_(s)  # (N, C, 1) or (N, 1, C)
-    step = _rows_per_chunk(xv)
-    m2_n = torch.cat(
-        [
-            torch.linalg.vector_norm(xv[i : i + step] - mean_n[i : i + step], dim=sdim)
-            for i in range(0, xv.shape[0], step)
-        ]
-    ).square_()  # (N, C)
-    mean_n = mean_n.squeeze(sdim)
-    mean = mean_n.mean(0)
-    m2 = m2_n.sum(0) + s * (mean_n - mean).square_().sum(0)
+    mean = xv.sum(dims) / m
+    mean_b, step = _per_channel(mean, xv), _rows_per_chunk(xv)
+    m2 = xv.new_zeros(c)
+    for i in range(0, xv.shape[0], step):
+        m2 += (xv[i : i + step] - mean_b).square_().sum(dims)
     return mean, m2 / m
+
+
+def _dy_sums(dyv: Tensor, xv: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``, a few rows at a time (cache).
+
+    Centring before the product keeps ``sum(dy * xc)`` free of the cancellation that
+    ``sum(dy * x) - mean * sum(dy)`` suffers for a large mean.
+    """
+    dims, mean_b, step = _reduce_dims(xv), _per_channel(mean, xv), _rows_per_chunk(xv)
+    dbeta, dout_xc = mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
+    for i in range(0, xv.shape[0], step):
+        dyc = dyv[i : i + step]
+        dbeta += dyc.sum(dims)
+        dout_xc += (xv[i : i + step] - mean_b).mul_(dyc).sum(dims)
+    return dbeta, dout_xc
 
 
 class _BatchNormFunction(torch.autograd.Function):
@@ -189,7 +170,7 @@ class _BatchNormFunction(torch.autograd.Function):
         xa = x if x.dtype == acc else x.to(acc)
         if training:
             cl = _is_channels_last(x)
-            mean, var = _batch_stats(_channel_view(xa, cl), cl)
+            mean, var = _batch_stats(_channel_view(xa, cl))
         else:
             mean = running_mean.to(acc, copy=True)  # type: ignore[union-attr]
             var = running_var.to(acc, copy=True)  # type: ignore[union-attr]
@@ -223,7 +204,7 @@ class _BatchNormFunction(torch.autograd.Function):
         dy = dout if dout.dtype == acc else dout.to(acc)
         cl = _is_channels_last(x)
         xv, dyv = _channel_view(xa, cl), _channel_view(dy, cl)
-        dims = _reduce_dims(xv, cl)
+        dims = _reduce_dims(xv)
         m = x.numel() // x.shape[1]
         inv_m = 1.0 / m if m > 0 else 0.0  # an empty batch has an empty dx
         if ctx.training and torch.is_grad_enabled() and m > 0:
@@ -232,7 +213,7 @@ class _BatchNormFunction(torch.autograd.Function):
             invstd = torch.rsqrt(var + ctx.eps)
         gamma = torch.ones_like(invstd) if weight is None else weight.to(acc)
 
-        dbeta, dout_xc = _dy_sums(dyv, xv, mean, cl)  # sum(dout), sum(dout * xc)
+        dbeta, dout_xc = _dy_sums(dyv, xv, mean)  # sum(dout), sum(dout * xc)
         dgamma = dout_xc * invstd  # sum(dout * xn)
         dx = None
         if ctx.needs_input_grad[0]:
