@@ -256,7 +256,13 @@ def from_torch(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, An
                 betas=tuple(g["betas"]),
                 eps=g["eps"],
                 amsgrad=g["amsgrad"],
-                decoupled_weight_decay=g.get("decoupled_weight_decay", False),
+                # torch.optim.AdamW before torch 2.6 saves no such flag: keep the target's.
+                decoupled_weight_decay=g.get(
+                    "decoupled_weight_decay",
+                    optimizer.param_groups[min(i, len(optimizer.param_groups) - 1)][
+                        "decoupled_weight_decay"
+                    ],
+                ),
                 eps_after_bias_correction=True,
             )
         groups.append(ours)
