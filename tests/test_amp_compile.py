@@ -219,3 +219,23 @@ def test_compile_fullgraph_inductor_batchnorm_dropout_matches_eager() -> None:
     e = step_record(eager, xe, h * keep / 0.5, w)  # eager with the compiled model's mask
     for name in ("out", "dx", "grads", "buffers"):
         torch.testing.assert_close(c[name], e[name], rtol=1e-10, atol=1e-12)
+
+
+def test_compile_dynamic_batch_size_matches_eager() -> None:
+    """``torch.compile(dynamic=True, fullgraph=True)``: two batch sizes through one compiled
+    graph give eager's output and input gradient (torch 2.11's dynamo used to fail here on a
+    Python loop over the symbolic batch size inside our Function)."""
+    eager = make_net(BatchNorm2d, "cpu").double()
+    compiled = torch.compile(
+        copy.deepcopy(eager), fullgraph=True, dynamic=True, backend="aot_eager"
+    )
+    for n in (6, 7):
+        x = torch.randn(n, 1, 8, 8, dtype=torch.float64)
+        results = []
+        for fn in (eager, compiled):
+            xi = x.clone().requires_grad_()
+            out = fn(xi)
+            (dx,) = torch.autograd.grad(out.square().sum(), xi)
+            results.append((out.detach(), dx))
+        for e, c in zip(*results):
+            torch.testing.assert_close(c, e, rtol=1e-10, atol=1e-12)

@@ -111,9 +111,17 @@ def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
     return t.view((-1,) + (1,) * (x.dim() - 2))
 
 
-def _rows_per_chunk(v: Tensor) -> int:
-    """How many rows of ``v`` make about ``_CHUNK_ELEMENTS`` values (at least one)."""
-    return max(1, _CHUNK_ELEMENTS // max(1, math.prod(v.shape[1:])))
+def _row_chunks(v: Tensor) -> list[slice]:
+    """Slices of ``v``'s rows, about ``_CHUNK_ELEMENTS`` values each (at least one row).
+
+    Under ``torch.compile``, one slice of all rows: the compiler fuses the centring into the
+    reduction itself, and a loop over a symbolic batch size breaks dynamo's tracing of the
+    Function in torch 2.11 (dynamic shapes).
+    """
+    if torch.compiler.is_compiling():
+        return [slice(None)]
+    step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(v.shape[1:])))
+    return [slice(i, i + step) for i in range(0, v.shape[0], step)]
 
 
 def _batch_stats(xv: Tensor) -> tuple[Tensor, Tensor]:
@@ -130,10 +138,10 @@ def _batch_stats(xv: Tensor) -> tuple[Tensor, Tensor]:
         zeros = xv.new_zeros(c)
         return zeros, zeros.clone()
     mean = xv.sum(dims) / m
-    mean_b, step = _per_channel(mean, xv), _rows_per_chunk(xv)
+    mean_b = _per_channel(mean, xv)
     m2 = xv.new_zeros(c)
-    for i in range(0, xv.shape[0], step):
-        m2 += (xv[i : i + step] - mean_b).square_().sum(dims)
+    for rows in _row_chunks(xv):
+        m2 += (xv[rows] - mean_b).square_().sum(dims)
     return mean, m2 / m
 
 
@@ -143,12 +151,12 @@ def _dy_sums(dyv: Tensor, xv: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
     Centring before the product keeps ``sum(dy * xc)`` free of the cancellation that
     ``sum(dy * x) - mean * sum(dy)`` suffers for a large mean.
     """
-    dims, mean_b, step = _reduce_dims(xv), _per_channel(mean, xv), _rows_per_chunk(xv)
+    dims, mean_b = _reduce_dims(xv), _per_channel(mean, xv)
     dbeta, dout_xc = mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
-    for i in range(0, xv.shape[0], step):
-        dyc = dyv[i : i + step]
+    for rows in _row_chunks(xv):
+        dyc = dyv[rows]
         dbeta += dyc.sum(dims)
-        dout_xc += (xv[i : i + step] - mean_b).mul_(dyc).sum(dims)
+        dout_xc += (xv[rows] - mean_b).mul_(dyc).sum(dims)
     return dbeta, dout_xc
 
 
