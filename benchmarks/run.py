@@ -81,13 +81,24 @@ def markdown(env: dict, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, few repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--sections", nargs="*", default=list(SECTIONS), help="which sections to run")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/<device>.json)")
-    parser.add_argument("--report", type=Path, default=None, help="Markdown path (default next to the JSON)")
+    parser.add_argument(
+        "--sections", nargs="*", default=list(SECTIONS), help="which sections to run"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/<device>.json)",
+    )
+    parser.add_argument(
+        "--report", type=Path, default=None, help="Markdown path (default next to the JSON)"
+    )
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -103,8 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         for row in module.run(args.device, args.quick):
             rows.append(row)
-            ratio = f"ratio {row['ratio']:.3f} [{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}]" if "ratio" in row else ""
-            rest = {k: v for k, v in row.items() if k not in ("section", "ratio", "ratio_q1", "ratio_q3", "device", "repeats")}
+            ratio = (
+                f"ratio {row['ratio']:.3f} [{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}]"
+                if "ratio" in row
+                else ""
+            )
+            rest = {
+                k: v
+                for k, v in row.items()
+                if k not in ("section", "ratio", "ratio_q1", "ratio_q3", "device", "repeats")
+            }
             print(f"  {ratio}  {' '.join(f'{k}={_fmt(v)}' for k, v in rest.items())}", flush=True)
 
     tag = args.device.replace(":", "") + ("-quick" if args.quick else "")
