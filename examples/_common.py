@@ -55,7 +55,11 @@ def parser(description: str | None, name: str) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Seed, threads, the output folder; return the device (a clear error if CUDA is missing)."""
+    """Seed, threads, the output folder, headless plotting (the scripts only write files);
+    return the device (a clear error if CUDA is missing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -182,13 +186,6 @@ def write_results(
     js.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
     print(f"wrote {png} and {js}")
     return js
-
-
-def use_agg() -> None:
-    """Headless plotting (the scripts only write files)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
 
 
 def book_batches(n: int, batch_size: int, iterations: int, seed: int) -> torch.Tensor:

@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _common.parser(__doc__.split("\n")[0], NAME).parse_args(argv)
     started = time.perf_counter()
     device = _common.setup(args)
-    _common.use_agg()
 
     from torch_dlbasics.init import init_weights_
     from torch_dlbasics.optim import SGD

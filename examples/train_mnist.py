@@ -312,7 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     device = _common.setup(args)
     random.seed(args.seed)
-    _common.use_agg()
 
     model = build_model().to(device)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)

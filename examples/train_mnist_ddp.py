@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: --batch-size {args.batch_size} is not divisible by {world} processes")
     per_rank_batch = args.batch_size // world
     _common.setup(args)  # same seed everywhere: every rank builds the same model
-    _common.use_agg()
 
     # Rank 0 prepares the data first (from the offline mirror if need be), the others then read it.
     if rank != 0:

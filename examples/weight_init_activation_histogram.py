@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _common.parser(__doc__.split("\n")[0], NAME).parse_args(argv)
     started = time.perf_counter()
     device = _common.setup(args)
-    _common.use_agg()
     import matplotlib.pyplot as plt
     from tqdm import tqdm
 
