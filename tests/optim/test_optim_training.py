@@ -292,6 +292,32 @@ def test_torch_compile_training_step(cls: type) -> None:
 
 
 @pytest.mark.parametrize("cls", ALL)
+def test_compiled_step_is_one_graph_and_compiles_only_until_state_exists(cls: type) -> None:
+    """``torch.compile(opt.step, fullgraph=True)``: no graph break (Adam's step count stays a
+    tensor, no ``.item()``), recompiled once when the state appears and never after (the step
+    count and lr_t are not baked into the graph), and the same numbers as the eager step."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    hp = {"lr": 0.01, "eps": 1e-7, "eps_after_bias_correction": True} if cls is Adam else {}
+    p1, p2 = make_params("cpu", torch.float32, seed=3), make_params("cpu", torch.float32, seed=3)
+    o1, o2 = cls(p1, **(hp or {"lr": 0.01})), cls(p2, **(hp or {"lr": 0.01}))
+    step = torch.compile(o1.step, fullgraph=True, backend="aot_eager")
+    gen = torch.Generator().manual_seed(0)
+    for k in range(5):
+        for p, q in zip(p1, p2):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        with torch._dynamo.config.patch(error_on_recompile=k >= 2):
+            step()
+        o2.step()
+    for p, q in zip(p1, p2):
+        torch.testing.assert_close(p, q)
+        for key in o2.state[q]:
+            torch.testing.assert_close(o1.state[p][key], o2.state[q][key])
+
+
+@pytest.mark.parametrize("cls", ALL)
 def test_deepcopy_and_pickle_continue_identically(cls: type) -> None:
     x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     model = _model()

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -18,6 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .convert import (
+    _compiling,
     check_state_dict,
     effective_grad,
     effective_grads_foreach,
@@ -91,8 +91,8 @@ def lr_t_and_eps(group: dict[str, Any], t: float) -> tuple[float, float]:
     ``lr/(1-beta1**t) * m/(sqrt(v)/sqrt(1-beta2**t) + eps) == lr_t * m/(sqrt(v) + that)``.
     """
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-    lr_t = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)  # lr_t = lr*sqrt(1-beta2**t)/(1-beta1**t)
-    return lr_t, eps * math.sqrt(1 - beta2**t) if group["eps_after_bias_correction"] else eps
+    lr_t = lr * (1 - beta2**t) ** 0.5 / (1 - beta1**t)  # lr_t = lr*sqrt(1-beta2**t)/(1-beta1**t)
+    return lr_t, eps * (1 - beta2**t) ** 0.5 if group["eps_after_bias_correction"] else eps
 
 
 def _real(t: Tensor) -> Tensor:
@@ -271,7 +271,8 @@ class Adam(Optimizer):
                     if decoupled and wd != 0:
                         p.mul_(1 - lr * wd)  # p *= 1 - lr*weight_decay
                     g = effective_grad(self, p, g, wd_g, maximize)
-                    lr_t, eps_t = lr_t_and_eps(group, t.item())
+                    # Under torch.compile the step stays a tensor (no .item() in the graph).
+                    lr_t, eps_t = lr_t_and_eps(group, t if _compiling() else t.item())
                     v_max = v_maxs[i] if v_maxs is not None else None
                     p, g, m, v = _real(p), _real(g), _real(m), _real(v)
                     v_max = _real(v_max) if v_max is not None else None

@@ -339,10 +339,11 @@ def scratch(optimizer: Optimizer, tensors: list[Tensor], slot: int) -> list[Tens
 
     One buffer per (device, dtype, slot), grown to the largest request; it is not optimizer
     state (not in ``state_dict``, dropped by pickling). Under ``torch.compile`` fresh tensors are
-    returned instead: the compiler plans the memory itself.
+    returned instead: the compiler plans the memory itself (contiguous ones: dynamo refuses a
+    non-contiguous ``out=``, which ``empty_like`` of a transposed parameter would be).
     """
     if _compiling():
-        return [torch.empty_like(t) for t in tensors]
+        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors]
     cache: dict[Any, Any] = optimizer.__dict__.setdefault("_scratch", {})
     t0 = tensors[0]
     key = (t0.device, t0.dtype, slot)
