@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -122,6 +123,68 @@ def copy_row(set_name: str, numel: int, device: str, repeats: int, warmup: int) 
     return row
 
 
+def compiled_row(
+    name: str, set_name: str, shapes: list[torch.Size], device: str, repeats: int, warmup: int
+) -> dict | None:
+    """Our step under ``torch.compile`` (inductor fuses the formula's ops into one loop per
+    tensor) against torch's ``fused=True`` kernel; ``None`` where either cannot run."""
+    make_ours, torch_cls, torch_kw, bpe = OPTIMIZERS[name]
+    try:
+        theirs = torch_cls(_params(shapes, device), **torch_kw, fused=True)
+        theirs.step()
+        ours = make_ours(_params(shapes, device))
+        step = torch.compile(ours.step)
+        t0 = time.perf_counter()
+        step()  # compiles; the second call recompiles once, now that the state exists
+        step()
+        compile_s = time.perf_counter() - t0
+    except Exception as err:  # no fused kernel here, or no C++ compiler for inductor
+        print(f"  skip {name} {set_name} compiled: {type(err).__name__}: {err}", flush=True)
+        return None
+    numel = sum(s.numel() for s in shapes)
+    extra = {"tensors": len(shapes), "numel": numel, "bytes_per_elem": bpe}
+    row = compare(
+        SECTION,
+        f"{name} {set_name} ours torch.compile(step)",
+        step,
+        theirs.step,
+        device=device,
+        repeats=repeats,
+        warmup=warmup,
+        builtin_name="torch fused",
+        extra={**extra, "compile_s": compile_s},
+    )
+    row["ours_GBps"] = bpe * numel / row["ours_ms"] / 1e6
+    row["builtin_GBps"] = bpe * numel / row["builtin_ms"] / 1e6
+    return row
+
+
+def sqrt_floor_row(set_name: str, shapes: list[torch.Size], repeats: int, warmup: int) -> dict:
+    """``torch.sqrt`` alone over the parameter set against torch's whole fused AdaGrad step.
+
+    Every unfused AdaGrad/Adam step computes this sqrt as one of its ops; where it alone takes
+    most of the fused step's time, no arrangement of separate ops reaches the fused kernel.
+    """
+    h = [torch.rand(s) + 0.5 for s in shapes]
+    out = [torch.empty(s) for s in shapes]
+    fused = torch.optim.Adagrad(_params(shapes, "cpu"), lr=0.01, eps=1e-7, fused=True)
+
+    def sqrt_alone() -> None:
+        for a, b in zip(h, out):
+            torch.sqrt(a, out=b)
+
+    return compare(
+        SECTION,
+        f"sqrt alone {set_name} (floor of an unfused AdaGrad/Adam)",
+        sqrt_alone,
+        fused.step,
+        repeats=repeats,
+        warmup=warmup,
+        builtin_name="torch fused AdaGrad step",
+        extra={"tensors": len(shapes), "numel": sum(s.numel() for s in shapes)},
+    )
+
+
 def run(device: str, quick: bool) -> list[dict]:
     repeats, warmup = (3, 1) if quick else (20, 3)
     rows: list[dict] = []
@@ -175,6 +238,13 @@ def run(device: str, quick: bool) -> list[dict]:
             )
             rows.append(row)
             del ours, loop, multi
+            if not quick and set_name == "resnet18":
+                crow = compiled_row(name, set_name, shapes, device, repeats, warmup)
+                if crow is not None:
+                    rows.append(crow)
+                    print(f"  {crow['case']} vs fused: ratio {crow['ratio']:.3f}", flush=True)
+        if on_cpu and not quick and set_name == "resnet18":
+            rows.append(sqrt_floor_row(set_name, shapes, repeats, warmup))
     return rows
 
 

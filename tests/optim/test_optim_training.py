@@ -463,3 +463,23 @@ def test_scratch_buffer_is_reused_and_is_not_state(cls: type, foreach: bool) -> 
     }
     assert "_scratch" not in pickle.loads(pickle.dumps(opt)).__dict__
     assert all(set(s) <= {"v", "step", "sum", "exp_avg", "exp_avg_sq"} for s in opt.state.values())
+
+
+@pytest.mark.parametrize("cls", [AdaGrad, Adam])
+def test_scratch_views_follow_the_buffer_when_it_grows(cls: type) -> None:
+    """A per-tensor group then a larger multi-tensor group: the buffer grows during the step;
+    every cached view must then be a view of the new buffer (one buffer alive, not two)."""
+    small = [torch.randn(3, 3, dtype=torch.float64, requires_grad=True)]
+    large = [torch.randn(50, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    opt = cls([{"params": small, "foreach": False}, {"params": large, "foreach": True}], lr=0.01)
+    for _ in range(3):
+        for p in small + large:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    (key,) = [k for k, v in opt._scratch.items() if isinstance(v, torch.Tensor)]
+    buf = opt._scratch[key]
+    assert buf.numel() == 200
+    views = list(opt._scratch[("shape views", key)].values()) + opt._scratch[("views", key)][1]
+    assert len(views) == 5
+    for v in views:
+        assert v.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()

@@ -338,32 +338,41 @@ def scratch(optimizer: Optimizer, tensors: list[Tensor], slot: int) -> list[Tens
     """Views shaped like ``tensors`` into one flat buffer kept across steps.
 
     One buffer per (device, dtype, slot), grown to the largest request; it is not optimizer
-    state (not in ``state_dict``, dropped by pickling). Under ``torch.compile`` fresh tensors are
-    returned instead: the compiler plans the memory itself (contiguous ones: dynamo refuses a
-    non-contiguous ``out=``, which ``empty_like`` of a transposed parameter would be).
+    state (not in ``state_dict``, dropped by pickling). The views are cached too (per shape for
+    the per-tensor path, per list of shapes for the multi-tensor path), so a step makes no new
+    tensor objects. Under ``torch.compile`` fresh tensors are returned instead: the compiler
+    plans the memory itself (contiguous ones: dynamo refuses a non-contiguous ``out=``, which
+    ``empty_like`` of a transposed parameter would be).
     """
     if _compiling():
         return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors]
     cache: dict[Any, Any] = optimizer.__dict__.setdefault("_scratch", {})
     t0 = tensors[0]
     key = (t0.device, t0.dtype, slot)
-    if len(tensors) == 1:  # per-tensor path: a slice of the flat buffer
-        n = t0.numel()
-        buf = cache.get(key)
-        if buf is None or buf.numel() < n:
-            buf = cache[key] = torch.empty(n, dtype=t0.dtype, device=t0.device)
-            cache.pop(("views", key), None)
-        return [buf[:n].view(t0.shape)]
+    shape_views: dict[torch.Size, Tensor] = cache.setdefault(("shape views", key), {})
+    if len(tensors) == 1:  # per-tensor path
+        view = shape_views.get(t0.shape)
+        if view is None:
+            n = t0.numel()
+            view = shape_views[t0.shape] = _buffer(cache, key, n, t0)[:n].view(t0.shape)
+        return [view]
     shapes = tuple(t.shape for t in tensors)
     views = cache.get(("views", key))
     if views is None or views[0] != shapes:
         sizes = [t.numel() for t in tensors]
-        buf = cache.get(key)
-        if buf is None or buf.numel() < sum(sizes):
-            buf = cache[key] = torch.empty(sum(sizes), dtype=t0.dtype, device=t0.device)
-        chunks = buf[: sum(sizes)].split(sizes)
+        chunks = _buffer(cache, key, sum(sizes), t0)[: sum(sizes)].split(sizes)
         views = cache[("views", key)] = (shapes, [c.view(s) for c, s in zip(chunks, shapes)])
     return views[1]
+
+
+def _buffer(cache: dict[Any, Any], key: Any, n: int, like: Tensor) -> Tensor:
+    """The flat buffer for ``key`` with room for ``n`` elements; growing it drops old views."""
+    buf = cache.get(key)
+    if buf is None or buf.numel() < n:
+        buf = cache[key] = torch.empty(n, dtype=like.dtype, device=like.device)
+        cache.pop(("views", key), None)
+        cache[("shape views", key)].clear()
+    return buf
 
 
 def effective_grad(
