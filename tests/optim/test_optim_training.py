@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 import torch
@@ -291,8 +291,11 @@ def test_torch_compile_training_step(cls: type) -> None:
             torch.testing.assert_close(o1.state[p][key], o2.state[q][key])
 
 
+@pytest.mark.parametrize("foreach", [None, True])
 @pytest.mark.parametrize("cls", ALL)
-def test_compiled_step_is_one_graph_and_compiles_only_until_state_exists(cls: type) -> None:
+def test_compiled_step_is_one_graph_and_compiles_only_until_state_exists(
+    cls: type, foreach: Optional[bool]
+) -> None:
     """``torch.compile(opt.step, fullgraph=True)``: no graph break (Adam's step count stays a
     tensor, no ``.item()``), recompiled once when the state appears and never after (the step
     count and lr_t are not baked into the graph), and the same numbers as the eager step."""
@@ -301,7 +304,8 @@ def test_compiled_step_is_one_graph_and_compiles_only_until_state_exists(cls: ty
     torch._dynamo.reset()
     hp = {"lr": 0.01, "eps": 1e-7, "eps_after_bias_correction": True} if cls is Adam else {}
     p1, p2 = make_params("cpu", torch.float32, seed=3), make_params("cpu", torch.float32, seed=3)
-    o1, o2 = cls(p1, **(hp or {"lr": 0.01})), cls(p2, **(hp or {"lr": 0.01}))
+    hp = {**(hp or {"lr": 0.01}), "foreach": foreach}
+    o1, o2 = cls(p1, **hp), cls(p2, **hp)
     step = torch.compile(o1.step, fullgraph=True, backend="aot_eager")
     gen = torch.Generator().manual_seed(0)
     for k in range(5):

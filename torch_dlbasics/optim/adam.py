@@ -144,7 +144,8 @@ class Adam(Optimizer):
         amsgrad: use the running maximum of v (default False).
         decoupled_weight_decay: AdamW-style decay (default False).
         maximize: ascend instead of descend (default False).
-        foreach: ``True`` multi-tensor path, ``False`` per-tensor loop, ``None`` choose.
+        foreach: ``True`` multi-tensor path, ``False`` per-tensor loop, ``None`` choose
+            (under ``torch.compile`` always the per-tensor loop, which the compiler fuses).
         eps_after_bias_correction: add eps after bias correction, as torch (default False:
             the book's form).
 
@@ -238,7 +239,10 @@ class Adam(Optimizer):
             eps_after = group["eps_after_bias_correction"]
             wd_g = 0.0 if decoupled else wd  # coupled L2 goes into the gradient
 
-            if use_foreach(group["foreach"], params):
+            # Under torch.compile the per-tensor path, whatever ``foreach`` says: the multi-tensor
+            # path needs the step counts as Python floats (one lr_t per tensor), which would
+            # break the graph; the compiler fuses the per-tensor ops itself.
+            if use_foreach(group["foreach"], params) and not _compiling():
                 lists = [params, grads, ms, vs, steps] + ([v_maxs] if amsgrad else [])
                 for tensors, _ in self._group_tensors_by_device_and_dtype(lists).values():
                     ps, gs, m, v, t = tensors[:5]
