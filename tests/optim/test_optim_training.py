@@ -4,6 +4,7 @@ closures, GradScaler, torch.compile, deepcopy/pickle, hooks, dtypes and complex 
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 from typing import Any, Callable, Optional
 
@@ -113,6 +114,17 @@ def test_foreach_none_choice() -> None:
     assert use_foreach(None, small) is True
     assert use_foreach(None, large) is False
     assert use_foreach(True, large) is True and use_foreach(False, small) is False
+    assert use_foreach(None, large, max_mean_numel=math.inf) is True  # SGD's choice
+
+
+def test_sgd_foreach_none_is_multi_tensor_on_cpu_for_large_tensors() -> None:
+    params = [torch.zeros(100_000, requires_grad=True) for _ in range(3)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = SGD(params, lr=0.1, weight_decay=0.5)  # weight decay: the gradient goes via scratch
+    opt.step()
+    assert ("views", (torch.device("cpu"), torch.float32, 0)) in opt._scratch  # foreach views
+    assert all(torch.equal(p, torch.full_like(p, -0.1)) for p in params)
 
 
 # --------------------------------------------------------------------------------------------

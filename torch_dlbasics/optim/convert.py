@@ -282,13 +282,17 @@ def from_torch(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, An
 # --------------------------------------------------------------------------------------------
 # Bookkeeping shared by the five step() methods.
 # --------------------------------------------------------------------------------------------
-def use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
+def use_foreach(
+    foreach: bool | None, params: list[Tensor], max_mean_numel: float | None = None
+) -> bool:
     """The multi-tensor path or the per-tensor loop; ``foreach=None`` picks by measurement.
 
     Measured (benchmarks/bench_optim.py, README): on CUDA the ``torch._foreach_*`` path always
     wins (one launch per op for many tensors); on CPU it wins only where Python's per-tensor
-    overhead dominates, i.e. for many small tensors; for large tensors the loop is as fast.
-    Both paths give bit-identical results (tested), so the choice affects speed only.
+    overhead dominates, i.e. for many small tensors (mean size below ``max_mean_numel``,
+    default :data:`FOREACH_MAX_MEAN_NUMEL`); for large tensors the loop is faster (each op's
+    output is still in cache for the next). Both paths give bit-identical results (tested),
+    so the choice affects speed only.
     """
     if foreach is not None:
         return foreach
@@ -297,7 +301,8 @@ def use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
     if params[0].device.type == "cuda":  # tensors of other devices are grouped apart anyway
         return True
     sample = params[:: max(1, len(params) // 64)]  # the mean size from <= 64 evenly spaced tensors
-    return sum(map(Tensor.numel, sample)) < FOREACH_MAX_MEAN_NUMEL * len(sample)
+    limit = FOREACH_MAX_MEAN_NUMEL if max_mean_numel is None else max_mean_numel
+    return sum(map(Tensor.numel, sample)) < limit * len(sample)
 
 
 FOREACH_MAX_MEAN_NUMEL = 32768

