@@ -108,6 +108,13 @@ def _torch_variants(device: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def with_gbps(row: dict, bytes_per_elem: int, numel: int) -> dict:
+    """Add the GB/s of the minimal traffic (``bytes_per_elem`` per element) to a timed row."""
+    row["ours_GBps"] = bytes_per_elem * numel / row["ours_ms"] / 1e6
+    row["builtin_GBps"] = bytes_per_elem * numel / row["builtin_ms"] / 1e6
+    return row
+
+
 def copy_row(set_name: str, numel: int, device: str, repeats: int, warmup: int) -> dict:
     """A copy of the same amount of float32 data: the bandwidth to compare GB/s against."""
     src = torch.randn(numel, device=device)
@@ -157,9 +164,7 @@ def compiled_row(
         builtin_name="torch fused",
         extra={**extra, "compile_s": compile_s},
     )
-    row["ours_GBps"] = bpe * numel / row["ours_ms"] / 1e6
-    row["builtin_GBps"] = bpe * numel / row["builtin_ms"] / 1e6
-    return row
+    return with_gbps(row, bpe, numel)
 
 
 def sqrt_floor_row(set_name: str, shapes: list[torch.Size], repeats: int, warmup: int) -> dict:
@@ -216,8 +221,7 @@ def run(device: str, quick: bool) -> list[dict]:
                     builtin_name=f"torch {variant}",
                     extra=dict(extra_base),
                 )
-                row["ours_GBps"] = bpe * numel / row["ours_ms"] / 1e6
-                row["builtin_GBps"] = bpe * numel / row["builtin_ms"] / 1e6
+                with_gbps(row, bpe, numel)
                 if on_cpu:
                     n = 2 if quick else 5
                     row["ours_faults_per_step"] = faults_per_step(ours.step, n)

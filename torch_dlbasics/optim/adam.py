@@ -224,6 +224,7 @@ class Adam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        compiling = _compiling()
         for group, params, grads in params_with_grads(self):
             if not params:
                 continue
@@ -242,7 +243,7 @@ class Adam(Optimizer):
             # Under torch.compile the per-tensor path, whatever ``foreach`` says: the multi-tensor
             # path needs the step counts as Python floats (one lr_t per tensor), which would
             # break the graph; the compiler fuses the per-tensor ops itself.
-            if use_foreach(group["foreach"], params) and not _compiling():
+            if use_foreach(group["foreach"], params) and not compiling:
                 lists = [params, grads, ms, vs, steps] + ([v_maxs] if amsgrad else [])
                 for tensors, _ in self._group_tensors_by_device_and_dtype(lists).values():
                     ps, gs, m, v, t = tensors[:5]
@@ -276,7 +277,7 @@ class Adam(Optimizer):
                         p.mul_(1 - lr * wd)  # p *= 1 - lr*weight_decay
                     g = effective_grad(self, p, g, wd_g, maximize)
                     # Under torch.compile the step stays a tensor (no .item() in the graph).
-                    lr_t, eps_t = lr_t_and_eps(group, t if _compiling() else t.item())
+                    lr_t, eps_t = lr_t_and_eps(group, t if compiling else t.item())
                     v_max = v_maxs[i] if v_maxs is not None else None
                     p, g, m, v = _real(p), _real(g), _real(m), _real(v)
                     v_max = _real(v_max) if v_max is not None else None
