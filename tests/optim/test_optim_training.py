@@ -314,9 +314,10 @@ def test_compiled_step_is_one_graph_and_compiles_only_until_state_exists(
     import torch._dynamo
 
     torch._dynamo.reset()
-    hp = {"lr": 0.01, "eps": 1e-7, "eps_after_bias_correction": True} if cls is Adam else {}
+    hp: dict[str, Any] = {"lr": 0.01, "foreach": foreach}
+    if cls is Adam:
+        hp.update(eps=1e-7, eps_after_bias_correction=True)
     p1, p2 = make_params("cpu", torch.float32, seed=3), make_params("cpu", torch.float32, seed=3)
-    hp = {**(hp or {"lr": 0.01}), "foreach": foreach}
     o1, o2 = cls(p1, **hp), cls(p2, **hp)
     step = torch.compile(o1.step, fullgraph=True, backend="aot_eager")
     gen = torch.Generator().manual_seed(0)
