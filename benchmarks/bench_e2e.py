@@ -1,31 +1,79 @@
-"""End to end: images per second of ``examples/train_mnist.py``'s CNN, our parts vs torch's.
+"""End to end: images per second of the main job's CNN, our parts against torch's.
 
-Ours: the model as the example builds it (our ``BatchNorm2d`` and ``Dropout``) trained with our
-``Adam``; built-in: the same architecture with ``torch.nn.BatchNorm2d``, ``torch.nn.Dropout`` and
-``torch.optim.Adam`` (its default implementation on the device), both at lr 1e-3, starting
-from the same weights. The data are synthetic tensors of MNIST's shape (the same batches for
-both), so the data pipeline is left out and only the model and optimizer are compared. One timed
-call is a few full training steps (forward, cross-entropy, backward, optimizer step) or, for
-``eval``, a forward pass of 1,000 images in eval mode. Each row adds images per second of both
-and ``throughput_ratio`` = ours / built-in images per second = ``1 / ratio`` (target >= 0.95).
+Ours: the CNN as the example builds it (our ``BatchNorm2d`` and ``Dropout``) trained with our
+``Adam``; built-in: the same architecture with ``nn.BatchNorm2d``, ``nn.Dropout`` and
+``torch.optim.Adam`` (its default path), both at lr 1e-3, from the same weights. One timed call
+is a few training steps (forward, cross-entropy, ``zero_grad(set_to_none=True)``, backward,
+step) or, for ``eval``, a forward pass in eval mode under ``no_grad``. ``synthetic`` steps use
+fixed random tensors of MNIST's shape (the model and optimizer alone); ``real`` steps draw the
+next batches from the main job's MNIST ``DataLoader`` (each side its own loader, same seed,
+same batches), the data pipeline included as the user pays it. Rows carry ``images`` per call,
+from which the report computes images per second and ``throughput_ratio`` (ours / torch
+images per second, ``1 / ratio``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from common import compare
+from common import Pair, Side, Unsupported, case, target
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+SECTION = "e2e"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+THROUGHPUT = target(
+    "train_mnist CNN throughput", 1.0, "≥ 1.0x torch's parts", metric="throughput", op=">="
+)
+
+
+def _example_parts() -> tuple[Callable[..., nn.Module], Callable[..., Any]]:
+    """The main job's CNN builder and MNIST loaders: the one place that knows where they live."""
+    sys.path.insert(0, str(EXAMPLES))
+    from train_mnist import build_model, make_loaders
+
+    return build_model, make_loaders
+
+
+def cases(device: str, quick: bool) -> list[dict[str, Any]]:
+    batch, steps = (8, 1) if quick else (64, 5)
+    n_eval = 64 if quick else 1000
+    theirs = "torch (nn.BatchNorm2d, nn.Dropout, optim.Adam default)"
+    out = []
+    for data in ("synthetic", "real"):
+        out.append(
+            case(
+                SECTION,
+                f"e2e/train-{data}",
+                f"train_mnist CNN train, {data} data, batch {batch} x {steps} steps, Adam",
+                builder="train",
+                params={"batch": batch, "steps": steps, "data": data, "quick": quick},
+                ours="ours (BatchNorm2d, Dropout, Adam)",
+                builtin=theirs,
+                target=THROUGHPUT,
+                extra={"images": batch * steps},
+            )
+        )
+    out.append(
+        case(
+            SECTION,
+            "e2e/eval",
+            f"train_mnist CNN eval forward, {n_eval} images",
+            builder="evaluate",
+            params={"n": n_eval},
+            ours="ours (BatchNorm2d, Dropout)",
+            builtin="torch (nn.BatchNorm2d, nn.Dropout)",
+            extra={"images": n_eval},
+        )
+    )
+    return out
 
 
 def _models(device: str) -> tuple[nn.Module, nn.Module]:
-    from train_mnist import build_model
-
+    build_model, _ = _example_parts()
     torch.manual_seed(0)
     ours = build_model().to(device)
     theirs = build_model(batch_norm=nn.BatchNorm2d, dropout=nn.Dropout).to(device)
@@ -33,82 +81,85 @@ def _models(device: str) -> tuple[nn.Module, nn.Module]:
     return ours, theirs
 
 
-def _train_step(
-    model: nn.Module, opt: torch.optim.Optimizer, batches: list[tuple[torch.Tensor, torch.Tensor]]
-) -> Callable[[], None]:
-    criterion = nn.CrossEntropyLoss()
-    model.train()
+def _batches(
+    data: str, batch: int, steps: int, quick: bool, device: str
+) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """A factory of endless batch streams, the same stream from every call."""
+    if data == "synthetic":
+        g = torch.Generator().manual_seed(0)
+        fixed = [
+            (
+                torch.randn(batch, 1, 28, 28, generator=g),
+                torch.randint(0, 10, (batch,), generator=g),
+            )
+            for _ in range(steps)
+        ]
 
-    def steps() -> None:
-        for x, t in batches:
-            loss = criterion(model(x), t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        def synthetic() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            while True:
+                for x, t in fixed:
+                    yield x.to(device), t.to(device)
 
-    return steps
+        return synthetic
 
+    _, make_loaders = _example_parts()
 
-def _eval(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    def forward() -> None:
-        model.eval()
-        with torch.no_grad():
-            model(x).argmax(1)
+    def real() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            loader, _ = make_loaders(None, batch, quick=quick, seed=0)
+        except SystemExit as err:  # the example's one-line "MNIST unavailable" exit
+            raise Unsupported(f"real MNIST data: {err}") from err
 
-    return forward
+        def endless() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            while True:
+                for x, t in loader:
+                    yield x.to(device), t.to(device)
 
+        return endless()
 
-def _with_throughput(row: dict, images: int) -> dict:
-    """Images per second from the median times; the throughput ratio ours / built-in is
-    ``1 / ratio`` (the median of the per-repeat time ratios, robust to drifting load)."""
-    row.update(
-        images=images,
-        ours_images_per_s=images / row["ours_ms"] * 1e3,
-        builtin_images_per_s=images / row["builtin_ms"] * 1e3,
-        throughput_ratio=1.0 / row["ratio"],
-    )
-    return row
+    return real
 
 
-def run(device: str, quick: bool) -> list[dict]:
+def train(device: str, batch: int, steps: int, data: str, quick: bool) -> Pair:
+    """``steps`` training steps per call, each side its own model, optimizer and stream."""
     from torch_dlbasics.optim import Adam
 
-    batch, steps, repeats, warmup = (16, 1, 5, 1) if quick else (64, 5, 20, 3)
-    g = torch.Generator().manual_seed(0)
-    batches = [
-        (
-            torch.randn(batch, 1, 28, 28, generator=g).to(device),
-            torch.randint(0, 10, (batch,), generator=g).to(device),
-        )
-        for _ in range(steps)
-    ]
-    rows = []
+    stream = _batches(data, batch, steps, quick, device)
+    ours_model, theirs_model = _models(device)
 
-    ours, theirs = _models(device)
-    row = compare(
-        "e2e",
-        f"train_mnist CNN train step, batch {batch} x {steps} steps, Adam",
-        _train_step(ours, Adam(ours.parameters(), lr=1e-3), batches),
-        _train_step(theirs, torch.optim.Adam(theirs.parameters(), lr=1e-3), batches),
-        device=device,
-        repeats=repeats,
-        warmup=warmup,
-        builtin_name="torch (nn.BatchNorm2d, nn.Dropout, optim.Adam)",
-    )
-    rows.append(_with_throughput(row, batch * steps))
+    def side(model: nn.Module, opt: torch.optim.Optimizer) -> Side:
+        criterion = nn.CrossEntropyLoss()
+        model.train()
+        batches = stream()
 
-    n_eval = 100 if quick else 1000
-    x = torch.randn(n_eval, 1, 28, 28, generator=g).to(device)
-    ours, theirs = _models(device)
-    row = compare(
-        "e2e",
-        f"train_mnist CNN eval forward, {n_eval} images",
-        _eval(ours, x),
-        _eval(theirs, x),
-        device=device,
-        repeats=repeats,
-        warmup=warmup,
-        builtin_name="torch (nn.BatchNorm2d, nn.Dropout)",
+        def steps_() -> None:
+            for _ in range(steps):
+                x, t = next(batches)
+                loss = criterion(model(x), t)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        return Side(steps_)
+
+    return Pair(
+        lambda: side(ours_model, Adam(ours_model.parameters(), lr=1e-3)),
+        lambda: side(theirs_model, torch.optim.Adam(theirs_model.parameters(), lr=1e-3)),
     )
-    rows.append(_with_throughput(row, n_eval))
-    return rows
+
+
+def evaluate(device: str, n: int) -> Pair:
+    """One eval-mode forward of ``n`` images under ``no_grad``."""
+    x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
+    ours_model, theirs_model = _models(device)
+
+    def side(model: nn.Module) -> Side:
+        model.eval()
+
+        def forward() -> torch.Tensor:
+            with torch.no_grad():
+                return model(x).argmax(1)
+
+        return Side(forward)
+
+    return Pair(lambda: side(ours_model), lambda: side(theirs_model))

@@ -1,21 +1,188 @@
-"""BatchNorm and Dropout, ours vs torch.nn, forward+backward timing and saved-for-backward bytes.
+"""BatchNorm and Dropout, ours against ``torch.nn``: train forward, train forward+backward,
+eval forward, and the bytes saved for backward.
 
-``run(device, quick)`` returns rows made by ``common.compare`` (timing) plus memory rows of the
-same shape (``ratio`` = ours / built-in bytes; no timing columns).
+Every timed row runs the module as a user would. ``train fwd``: train mode, autograd on, the
+input requiring grad (as a conv's output does), the output and its graph freed after the clock
+stops; ``train fwd+bwd``: the same plus ``backward(dy)``, with ``x.grad``, ``weight.grad`` and
+``bias.grad`` set to ``None`` before each call, outside the clock, on both sides (so no call
+accumulates into the previous one's gradient); ``eval fwd``: eval mode under ``no_grad``.
+Both sides read the same ``x`` and ``dy``. Rows carry ``bytes_per_elem``, the minimal traffic
+per element (eval 8 B: read x, write y; train forward 12 B: one statistics pass, one affine
+pass; forward+backward 32 B: backward adds a reduction pass over dy and x and one pass writing
+dx; Dropout 16.25 B: x, y, dy, dx and a mask of one bit written and read) for the GB/s column.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from common import compare
+from common import Pair, Side, case, target
 from torch import nn
 
-from torch_dlbasics import nn as dl_nn
+SECTION = "nn"
+
+MODES = {"train-fwd": 12, "train-fwd-bwd": 32, "eval-fwd": 8}
 
 
-def _saved_bytes(fn: Callable[[], object]) -> int:
+def _shapes(quick: bool) -> tuple[list[tuple[str, tuple[int, ...], bool]], list[tuple]]:
+    if quick:
+        bn = [
+            ("BatchNorm2d", (8, 16, 14, 14), False),
+            ("BatchNorm2d", (8, 16, 14, 14), True),
+            ("BatchNorm1d", (32, 64), False),
+        ]
+        return bn, [(64, 256)]
+    bn = []
+    for shape in ((64, 64, 56, 56), (256, 256, 14, 14), (32, 128, 28, 28)):
+        bn += [("BatchNorm2d", shape, False), ("BatchNorm2d", shape, True)]
+    bn += [("BatchNorm1d", (256, 1024), False), ("BatchNorm1d", (4096, 512), False)]
+    return bn, [(64, 4096), (64, 64, 56, 56)]
+
+
+def _target(name: str, mode: str, device: str) -> dict[str, Any] | None:
+    if mode == "eval-fwd":
+        return target("BatchNorm eval forward", 1.0, "≤ 1.0x native")
+    if mode != "train-fwd-bwd":
+        return None
+    if name == "BatchNorm1d":
+        return target("BatchNorm1d train fwd+bwd", 1.5, "≤ 1.5x native")
+    if device.startswith("cuda"):
+        return target("BatchNorm2d train fwd+bwd", 1.2, "≤ 1.2x cuDNN")
+    return target("BatchNorm2d train fwd+bwd", 1.0, "≤ 1.0x native")
+
+
+def cases(device: str, quick: bool) -> list[dict[str, Any]]:
+    bn, drop = _shapes(quick)
+    bw_ref = "optim/bandwidth/16x64K" if quick else "optim/bandwidth/resnet18"
+    out = []
+    for name, shape, channels_last in bn:
+        layout = " channels_last" if channels_last else ""
+        label = f"{name} {tuple(shape)}{layout}"
+        slug = f"nn/{name}/{'x'.join(map(str, shape))}{'-cl' if channels_last else ''}"
+        numel = torch.Size(shape).numel()
+        for mode, bpe in MODES.items():
+            out.append(
+                case(
+                    SECTION,
+                    f"{slug}/{mode}",
+                    f"{label} {mode.replace('-', ' ').replace('fwd bwd', 'fwd+bwd')}",
+                    builder="batchnorm",
+                    params={"name": name, "shape": list(shape), "channels_last": channels_last}
+                    | {"mode": mode},
+                    ours=f"torch_dlbasics.nn.{name}",
+                    builtin=f"nn.{name}",
+                    target=_target(name, mode, device),
+                    extra={"numel": numel, "bytes_per_elem": bpe, "bandwidth_case": bw_ref},
+                    bytes_needed=8 * 4 * numel,
+                )
+            )
+        out.append(_memory_case(name, shape, channels_last, f"{slug}/saved-bytes", label))
+    for shape in drop:
+        slug = f"nn/Dropout/{'x'.join(map(str, shape))}"
+        label = f"Dropout p=0.5 {tuple(shape)}"
+        out.append(
+            case(
+                SECTION,
+                f"{slug}/train-fwd-bwd",
+                f"{label} train fwd+bwd",
+                builder="dropout",
+                params={"shape": list(shape), "p": 0.5},
+                ours="torch_dlbasics.nn.Dropout",
+                builtin="nn.Dropout",
+                target=target("Dropout fwd+bwd", 0.7, "≤ 0.7x nn.Dropout"),
+                extra={
+                    "numel": torch.Size(shape).numel(),
+                    "bytes_per_elem": 16.25,
+                    "bandwidth_case": bw_ref,
+                },
+                bytes_needed=8 * 4 * torch.Size(shape).numel(),
+            )
+        )
+        out.append(_memory_case("Dropout", shape, False, f"{slug}/saved-bytes", label))
+    return out
+
+
+def _memory_case(
+    name: str, shape: tuple[int, ...], channels_last: bool, case_id: str, label: str
+) -> dict[str, Any]:
+    return case(
+        SECTION,
+        case_id,
+        f"{label} saved for backward (bytes)",
+        kind="memory",
+        builder="saved_bytes",
+        params={"name": name, "shape": list(shape), "channels_last": channels_last},
+        ours=f"torch_dlbasics.nn.{name}",
+        builtin=f"nn.{name}",
+    )
+
+
+def _input(shape: list[int], device: str, channels_last: bool) -> torch.Tensor:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(shape, generator=gen, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _module(cls: type, shape: list[int], device: str) -> nn.Module:
+    if cls.__name__.startswith("Dropout"):
+        return cls(0.5)
+    return cls(shape[1], device=device)
+
+
+def _clear_grads(x: torch.Tensor, m: nn.Module) -> Callable[[], None]:
+    def clear() -> None:
+        x.grad = None
+        for p in m.parameters():
+            p.grad = None
+
+    return clear
+
+
+def _side(m: nn.Module, x: torch.Tensor, dy: torch.Tensor | None, mode: str) -> Side:
+    if mode == "eval-fwd":
+        m.eval()
+
+        def eval_forward() -> torch.Tensor:
+            with torch.no_grad():
+                return m(x)
+
+        return Side(eval_forward)
+    m.train()
+    if mode == "train-fwd":
+        return Side(lambda: m(x))  # autograd on: the graph a training step builds
+    assert dy is not None
+    return Side(lambda: m(x).backward(dy), reset=_clear_grads(x, m))
+
+
+def batchnorm(device: str, name: str, shape: list[int], channels_last: bool, mode: str) -> Pair:
+    """One BatchNorm module of each kind on the same input, in ``mode``."""
+    from torch_dlbasics import nn as dl_nn
+
+    x = _input(shape, device, channels_last)
+    dy = None
+    if mode != "eval-fwd":
+        x.requires_grad_(True)
+        dy = _input(shape, device, channels_last).mul_(0.5)
+    return Pair(
+        lambda: _side(_module(getattr(dl_nn, name), shape, device), x, dy, mode),
+        lambda: _side(_module(getattr(nn, name), shape, device), x, dy, mode),
+    )
+
+
+def dropout(device: str, shape: list[int], p: float) -> Pair:
+    """Dropout(p) forward+backward, train mode."""
+    from torch_dlbasics import nn as dl_nn
+
+    x = _input(shape, device, False).requires_grad_(True)
+    dy = _input(shape, device, False).mul_(0.5)
+    return Pair(
+        lambda: _side(dl_nn.Dropout(p), x, dy, "train-fwd-bwd"),
+        lambda: _side(nn.Dropout(p), x, dy, "train-fwd-bwd"),
+    )
+
+
+def _saved(m: nn.Module, x: torch.Tensor) -> int:
     total = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -24,115 +191,29 @@ def _saved_bytes(fn: Callable[[], object]) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
+        m(x)
     return total
 
 
-def _peak_cuda_bytes(fn: Callable[[], object], device: str) -> int:
+def _peak_cuda_bytes(m: nn.Module, x: torch.Tensor, dy: torch.Tensor, device: str) -> int:
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    fn()
+    m(x).backward(dy)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def _cases(quick: bool) -> tuple[list, list]:
-    if quick:
-        bn = [("BatchNorm2d", (8, 16, 14, 14), False), ("BatchNorm1d", (32, 64), False)]
-        drop = [(64, 256)]
-    else:
-        bn = [
-            ("BatchNorm2d", (64, 64, 56, 56), False),
-            ("BatchNorm2d", (64, 64, 56, 56), True),
-            ("BatchNorm2d", (256, 256, 14, 14), False),
-            ("BatchNorm2d", (256, 256, 14, 14), True),
-            ("BatchNorm1d", (256, 1024), False),
-        ]
-        drop = [(64, 4096), (64, 64, 56, 56)]
-    return bn, drop
+def saved_bytes(device: str, name: str, shape: list[int], channels_last: bool) -> dict[str, Any]:
+    """Bytes each side saves for backward (and, on CUDA, its peak during forward+backward)."""
+    from torch_dlbasics import nn as dl_nn
 
-
-def _bn_rows(name: str, shape: tuple, channels_last: bool, device: str, kw: dict) -> list[dict]:
-    c = shape[1]
-    ours = getattr(dl_nn, name)(c, device=device)
-    theirs = getattr(nn, name)(c, device=device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(shape, device=device).contiguous(memory_format=fmt).requires_grad_(True)
-    dy = torch.randn(shape, device=device).contiguous(memory_format=fmt)
-    case = f"{name} {tuple(shape)}" + (" channels_last" if channels_last else "")
-
-    def fwd(m: nn.Module) -> Callable[[], None]:
-        def call() -> None:
-            with torch.no_grad():
-                m(x)
-
-        return call
-
-    def fb(m: nn.Module) -> Callable[[], None]:
-        return lambda: m(x).backward(dy)
-
-    kw = {**kw, "builtin_name": f"nn.{name}"}
-    return [
-        compare("nn", f"{case} train fwd", fwd(ours), fwd(theirs), **kw),
-        compare("nn", f"{case} train fwd+bwd", fb(ours), fb(theirs), **kw),
-        _memory_row(
-            case, lambda: ours(x), lambda: theirs(x), fb(ours), fb(theirs), device, f"nn.{name}"
-        ),
-    ]
-
-
-def _dropout_rows(shape: tuple, device: str, kw: dict) -> list[dict]:
-    x = torch.randn(shape, device=device, requires_grad=True)
-    dy = torch.randn(shape, device=device)
-    ours, theirs = dl_nn.Dropout(0.5), nn.Dropout(0.5)
-    case = f"Dropout p=0.5 {tuple(shape)}"
-
-    def fb(m: nn.Module) -> Callable[[], None]:
-        return lambda: m(x).backward(dy)
-
-    kw = {**kw, "builtin_name": "nn.Dropout"}
-    return [
-        compare("nn", f"{case} fwd+bwd", fb(ours), fb(theirs), **kw),
-        _memory_row(
-            case, lambda: ours(x), lambda: theirs(x), fb(ours), fb(theirs), device, "nn.Dropout"
-        ),
-    ]
-
-
-def run(device: str, quick: bool) -> list[dict]:
-    kw = {"device": device, "repeats": 3 if quick else 20, "warmup": 1 if quick else 3}
-    bn_cases, drop_cases = _cases(quick)
-    rows: list[dict] = []
-    for name, shape, channels_last in bn_cases:
-        rows += _bn_rows(name, shape, channels_last, device, kw)
-    for shape in drop_cases:
-        rows += _dropout_rows(shape, device, kw)
-    return rows
-
-
-def _memory_row(
-    case: str,
-    ours_fwd: Callable[[], object],
-    theirs_fwd: Callable[[], object],
-    ours_fb: Callable[[], object],
-    theirs_fb: Callable[[], object],
-    device: str,
-    builtin_name: str,
-) -> dict:
-    ours_b, theirs_b = _saved_bytes(ours_fwd), _saved_bytes(theirs_fwd)
-    row = {
-        "section": "nn-memory",
-        "case": f"{case} saved for backward (bytes)",
-        "builtin": builtin_name,
-        "device": device,
-        "ours_bytes": ours_b,
-        "builtin_bytes": theirs_b,
-        "ratio": ours_b / theirs_b,
-        "ratio_q1": ours_b / theirs_b,
-        "ratio_q3": ours_b / theirs_b,
-    }
+    x = _input(shape, device, channels_last).requires_grad_(True)
+    ours = _module(getattr(dl_nn, name), shape, device)
+    theirs = _module(getattr(nn, name), shape, device)
+    values: dict[str, Any] = {"ours_bytes": _saved(ours, x), "builtin_bytes": _saved(theirs, x)}
     if device.startswith("cuda"):
-        ours_p, theirs_p = _peak_cuda_bytes(ours_fb, device), _peak_cuda_bytes(theirs_fb, device)
-        row.update({"ours_peak_bytes": ours_p, "builtin_peak_bytes": theirs_p})
-    return row
+        dy = torch.ones_like(x)
+        values["ours_peak_bytes"] = _peak_cuda_bytes(ours, x, dy, device)
+        values["builtin_peak_bytes"] = _peak_cuda_bytes(theirs, x, dy, device)
+    return values

@@ -1,83 +1,202 @@
-"""Optimizer steps: ours against torch.optim's for-loop, foreach and fused implementations.
+"""Optimizer steps: ours against torch.optim's default, for-loop, foreach and fused paths.
 
-Parameter sets: torchvision ``resnet18`` (62 tensors, 11.7M elements), 2,000 tensors of 1,000
-elements (per-tensor overhead) and, on CUDA, 32 tensors of 16M elements (bandwidth). Each row is
-one optimizer on one set against one torch implementation, with ms per step, the GB/s of the
-minimal traffic (bytes each element must move: Adam reads p, g, m, v and writes p, m, v, 28 B
-per float32 element) and, on CPU, minor page faults per step (fresh temporaries fault). Rows
-"copy" give a measured copy bandwidth for scale; rows "ours foreach" compare our two code paths;
-rows "ours torch.compile(step)" (resnet18, full runs) time our step compiled by inductor against
-torch's fused kernel, with the compile time; the row "sqrt alone" (CPU) times ``torch.sqrt`` over
-the set against torch's whole fused AdaGrad step, the floor of any unfused AdaGrad/Adam step.
+Parameter sets: torchvision ``resnet18``'s (62 tensors, 11.7M elements), one tensor of 100M
+elements (bandwidth: 400 MB per tensor) and 2,000 tensors of 1,000 elements (per-tensor
+overhead); on CUDA also 32 tensors of 16M. Each row is one optimizer on one set against one
+torch implementation, float32, gradients fixed (a step does not touch them). The figures a row
+adds are ``numel``, ``tensors`` and ``bytes_per_elem``, the minimal traffic of a step (Adam
+reads p, g, m, v and writes p, m, v: 28 B per element; SGD 12; Momentum, Nesterov, AdaGrad 20),
+from which the report computes GB/s; ``bandwidth`` rows measure the machine's copy (8 B per
+element) and in-place axpy (``y += a x``, 12 B) on the same number of elements, in the same run,
+as the physical limit of a read-modify-write step.
+
+Other rows: ``ours foreach`` compares our two code paths; ``compiled`` times our step under
+``torch.compile`` against torch's fused kernel (with the compile time); ``sqrt floor`` times
+``torch.sqrt`` alone over the set against torch's whole fused AdaGrad step (the floor of any
+unfused AdaGrad/Adam step).
 """
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from common import compare
-
-from torch_dlbasics.optim import SGD, AdaGrad, Adam, Momentum, Nesterov
+from common import Pair, Side, Unsupported, case, target
 
 SECTION = "optim"
 
-# name: (ours, torch class, torch kwargs, minimal bytes per element for float32)
-OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], type, dict[str, Any], int]] = {
-    "SGD": (lambda ps, **kw: SGD(ps, lr=0.01, **kw), torch.optim.SGD, {"lr": 0.01}, 12),
-    "Momentum": (
-        lambda ps, **kw: Momentum(ps, lr=0.01, momentum=0.9, **kw),
-        torch.optim.SGD,
-        {"lr": 0.01, "momentum": 0.9},
-        20,
-    ),
+# name: (our class's kwargs, torch class, torch kwargs, minimal bytes per float32 element,
+#        state tensors per parameter)
+OPTIMIZERS: dict[str, tuple[dict[str, Any], str, dict[str, Any], int, int]] = {
+    "SGD": ({"lr": 0.01}, "SGD", {"lr": 0.01}, 12, 0),
+    "Momentum": ({"lr": 0.01, "momentum": 0.9}, "SGD", {"lr": 0.01, "momentum": 0.9}, 20, 1),
     "Nesterov": (
-        lambda ps, **kw: Nesterov(ps, lr=0.01, momentum=0.9, **kw),
-        torch.optim.SGD,
+        {"lr": 0.01, "momentum": 0.9},
+        "SGD",
         {"lr": 0.01, "momentum": 0.9, "nesterov": True},
         20,
+        1,
     ),
-    "AdaGrad": (
-        lambda ps, **kw: AdaGrad(ps, lr=0.01, eps=1e-7, **kw),
-        torch.optim.Adagrad,
-        {"lr": 0.01, "eps": 1e-7},
-        20,
-    ),
-    "Adam": (
-        lambda ps, **kw: Adam(ps, lr=1e-3, eps=1e-7, **kw),
-        torch.optim.Adam,
-        {"lr": 1e-3, "eps": 1e-7},
-        28,
-    ),
+    "AdaGrad": ({"lr": 0.01, "eps": 1e-7}, "Adagrad", {"lr": 0.01, "eps": 1e-7}, 20, 1),
+    "Adam": ({"lr": 1e-3, "eps": 1e-7}, "Adam", {"lr": 1e-3, "eps": 1e-7}, 28, 2),
 }
 
+FUSED = target("fused=True vs torch fused=True", 1.0, "≤ 1.0x torch fused=True")
+DEFAULT = target("default path vs torch's default", 1.0, "≤ 1.0x torch default")
 
-def parameter_sets(device: str, quick: bool) -> dict[str, list[torch.Size]]:
-    """Shapes of each parameter set."""
+
+def parameter_sets(device: str, quick: bool) -> dict[str, list[list[int]]]:
+    """Shapes of each parameter set, by name."""
     if quick:
-        return {"64x1000": [torch.Size([1000])] * 64}
-    sets: dict[str, list[torch.Size]] = {}
+        return {"16x64K": [[2**16]] * 16}
+    sets: dict[str, list[list[int]]] = {}
     try:
         import torchvision
 
-        sets["resnet18"] = [p.shape for p in torchvision.models.resnet18().parameters()]
+        sets["resnet18"] = [list(p.shape) for p in torchvision.models.resnet18().parameters()]
     except ImportError:  # pragma: no cover - torchvision is in the test/examples extras
         pass
-    sets["2000x1000"] = [torch.Size([1000])] * 2000
+    sets["100M"] = [[100_000_000]]
+    sets["2000x1000"] = [[1000]] * 2000
     if device.startswith("cuda"):
-        sets["32x16M"] = [torch.Size([16 * 2**20])] * 32
+        sets["32x16M"] = [[16 * 2**20]] * 32
     return sets
 
 
-def _params(shapes: list[torch.Size], device: str) -> list[torch.Tensor]:
+def _numel(shapes: list[list[int]]) -> int:
+    return sum(torch.Size(s).numel() for s in shapes)
+
+
+def _step_case(
+    name: str,
+    set_name: str,
+    shapes: list[list[int]],
+    variant: str,
+    ours_kw: dict[str, Any],
+    torch_kw: dict[str, Any] | None,
+    *,
+    builder: str = "step_pair",
+    ours: str | None = None,
+    builtin: str | None = None,
+    builtin_ours_kw: dict[str, Any] | None = None,
+    target_: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    numel = _numel(shapes)
+    _, _, _, bpe, state = OPTIMIZERS[name]
+    params: dict[str, Any] = {
+        "optimizer": name,
+        "shapes": shapes,
+        "ours_kw": ours_kw,
+        "torch_kw": torch_kw,
+    }
+    if builtin_ours_kw is not None:
+        params["builtin_ours_kw"] = builtin_ours_kw
+    return case(
+        SECTION,
+        f"optim/{name}/{set_name}/{variant}",
+        f"{name} {set_name} {variant}",
+        builder=builder,
+        params=params,
+        ours=ours or f"ours {_label(ours_kw)}",
+        builtin=builtin or f"torch {_label(torch_kw)}",
+        target=target_,
+        extra={
+            "tensors": len(shapes),
+            "numel": numel,
+            "bytes_per_elem": bpe,
+            "bandwidth_case": f"optim/bandwidth/{set_name}",
+        },
+        bytes_needed=2 * 4 * numel * (2 + state + 2),  # p, g, state, ~2 temporaries; 2 sides
+        repeats=10 if numel > 50e6 else None,
+    )
+
+
+def _bandwidth_case(set_name: str, numel: int) -> dict[str, Any]:
+    return case(
+        SECTION,
+        f"optim/bandwidth/{set_name}",
+        f"bandwidth {set_name} float32 ({numel:,} elements)",
+        kind="bandwidth",
+        builder="bandwidth",
+        params={"numel": numel},
+        ours="axpy y += a*x (12 B/element)",
+        builtin="copy y = x (8 B/element)",
+        extra={"numel": numel, "bytes_per_elem": 12, "builtin_bytes_per_elem": 8},
+        bytes_needed=3 * 4 * numel,
+        repeats=10 if numel > 50e6 else None,
+    )
+
+
+def cases(device: str, quick: bool) -> list[dict[str, Any]]:
+    """Every optimizer on every set: default and fused=True against torch's (the targets on
+    the sets beyond the caches), and on resnet18 the informative rows."""
+    out: list[dict[str, Any]] = []
+    big = {"16x64K", "100M", "resnet18", "32x16M"}  # beyond the caches (quick: a stand-in)
+    for set_name, shapes in parameter_sets(device, quick).items():
+        targeted = set_name in big
+        if targeted:
+            out.append(_bandwidth_case(set_name, _numel(shapes)))
+        for name in OPTIMIZERS:
+            args = (name, set_name, shapes)
+            out.append(_step_case(*args, "default", {}, {}, target_=DEFAULT if targeted else None))
+            out.append(
+                _step_case(
+                    *args,
+                    "fused",
+                    {"fused": True},
+                    {"fused": True},
+                    target_=FUSED if targeted else None,
+                )
+            )
+            if set_name in ("resnet18", "16x64K"):
+                out.append(
+                    _step_case(
+                        *args,
+                        "ours-foreach",
+                        {"foreach": True},
+                        None,
+                        builtin="ours foreach=False",
+                        builtin_ours_kw={"foreach": False},
+                    )
+                )
+            if set_name == "resnet18":
+                out.append(_step_case(*args, "vs-for-loop", {}, {"foreach": False}))
+                out.append(_step_case(*args, "vs-foreach", {}, {"foreach": True}))
+                out.append(
+                    _step_case(
+                        *args,
+                        "compiled",
+                        {},
+                        {"fused": True},
+                        builder="compiled_pair",
+                        ours="torch.compile(ours default .step)",
+                    )
+                )
+        if set_name == "resnet18" and not device.startswith("cuda"):
+            out.append(
+                case(
+                    SECTION,
+                    f"optim/sqrt-floor/{set_name}",
+                    f"sqrt alone over {set_name} (floor of an unfused AdaGrad/Adam)",
+                    builder="sqrt_floor",
+                    params={"shapes": shapes},
+                    ours="torch.sqrt(h, out=)",
+                    builtin="torch Adagrad fused=True step",
+                    extra={"tensors": len(shapes), "numel": _numel(shapes)},
+                )
+            )
+    return out
+
+
+def _label(kw: dict[str, Any] | None) -> str:
+    if not kw:
+        return "default"
+    return " ".join(f"{k}={v}" for k, v in kw.items())
+
+
+def _params(shapes: list[list[int]], device: str) -> list[torch.Tensor]:
+    """The same values on every call: parameters with their (fixed) gradients."""
     gen = torch.Generator(device=device).manual_seed(0)
     params = []
     for shape in shapes:
@@ -87,180 +206,90 @@ def _params(shapes: list[torch.Size], device: str) -> list[torch.Tensor]:
     return params
 
 
-def _minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def _ours(name: str, shapes: list[list[int]], device: str, kw: dict) -> torch.optim.Optimizer:
+    from torch_dlbasics import optim
+
+    cls = getattr(optim, name)
+    return cls(_params(shapes, device), **OPTIMIZERS[name][0], **kw)
 
 
-def faults_per_step(step: Callable[[], object], n: int = 5) -> float:
-    """Minor page faults per call of ``step`` (CPU; the process-wide counter)."""
-    step()
-    before = _minor_faults()
-    for _ in range(n):
-        step()
-    return (_minor_faults() - before) / n
+def _torch(name: str, shapes: list[list[int]], device: str, kw: dict) -> torch.optim.Optimizer:
+    _, cls, torch_kw, _, _ = OPTIMIZERS[name]
+    return getattr(torch.optim, cls)(_params(shapes, device), **torch_kw, **kw)
 
 
-def _torch_variants(device: str) -> list[tuple[str, dict[str, Any]]]:
-    return [
-        ("for-loop", {"foreach": False}),
-        ("foreach", {"foreach": True}),
-        ("fused", {"fused": True}),
-    ]
+def step_pair(
+    device: str,
+    optimizer: str,
+    shapes: list[list[int]],
+    ours_kw: dict,
+    torch_kw: dict | None,
+    builtin_ours_kw: dict | None = None,
+) -> Pair:
+    """``ours.step`` against torch's (``torch_kw``) or against ours (``builtin_ours_kw``)."""
+
+    def ours() -> Side:
+        return Side(_ours(optimizer, shapes, device, ours_kw).step)
+
+    def builtin() -> Side:
+        if builtin_ours_kw is not None:
+            return Side(_ours(optimizer, shapes, device, builtin_ours_kw).step)
+        return Side(_torch(optimizer, shapes, device, torch_kw or {}).step)
+
+    return Pair(ours, builtin)
 
 
-def with_gbps(row: dict, bytes_per_elem: int, numel: int) -> dict:
-    """Add the GB/s of the minimal traffic (``bytes_per_elem`` per element) to a timed row."""
-    row["ours_GBps"] = bytes_per_elem * numel / row["ours_ms"] / 1e6
-    row["builtin_GBps"] = bytes_per_elem * numel / row["builtin_ms"] / 1e6
-    return row
+def compiled_pair(
+    device: str, optimizer: str, shapes: list[list[int]], ours_kw: dict, torch_kw: dict | None
+) -> Pair:
+    """``torch.compile(ours.step)`` (inductor: one loop per tensor) against torch's fused."""
 
-
-def copy_row(set_name: str, numel: int, device: str, repeats: int, warmup: int) -> dict:
-    """A copy of the same amount of float32 data: the bandwidth to compare GB/s against."""
-    src = torch.randn(numel, device=device)
-    dst = torch.empty_like(src)
-    row = compare(
-        SECTION,
-        f"copy {set_name}",
-        lambda: dst.copy_(src),
-        lambda: dst.copy_(src),
-        device=device,
-        repeats=repeats,
-        warmup=warmup,
-        builtin_name="copy_",
-    )
-    row["ours_GBps"] = 8 * numel / row["ours_ms"] / 1e6
-    return row
-
-
-def compiled_row(
-    name: str, set_name: str, shapes: list[torch.Size], device: str, repeats: int, warmup: int
-) -> dict | None:
-    """Our step under ``torch.compile`` (inductor fuses the formula's ops into one loop per
-    tensor) against torch's ``fused=True`` kernel; ``None`` where either cannot run."""
-    make_ours, torch_cls, torch_kw, bpe = OPTIMIZERS[name]
-    try:
-        theirs = torch_cls(_params(shapes, device), **torch_kw, fused=True)
-        theirs.step()
-        ours = make_ours(_params(shapes, device))
-        step = torch.compile(ours.step)
+    def ours() -> Side:
+        opt = _ours(optimizer, shapes, device, ours_kw)
+        step = torch.compile(opt.step)
         t0 = time.perf_counter()
-        step()  # compiles; the second call recompiles once, now that the state exists
-        step()
-        compile_s = time.perf_counter() - t0
-    except Exception as err:  # no fused kernel here, or no C++ compiler for inductor
-        print(f"  skip {name} {set_name} compiled: {type(err).__name__}: {err}", flush=True)
-        return None
-    numel = sum(s.numel() for s in shapes)
-    extra = {"tensors": len(shapes), "numel": numel, "bytes_per_elem": bpe}
-    row = compare(
-        SECTION,
-        f"{name} {set_name} ours torch.compile(step)",
-        step,
-        theirs.step,
-        device=device,
-        repeats=repeats,
-        warmup=warmup,
-        builtin_name="torch fused",
-        extra={**extra, "compile_s": compile_s},
-    )
-    return with_gbps(row, bpe, numel)
+        try:
+            step()  # compiles; the second call recompiles once, now that the state exists
+            step()
+        except Exception as err:  # no C++ compiler / Triton for inductor here
+            raise Unsupported(f"torch.compile: {type(err).__name__}: {err}") from err
+        return Side(step, info={"compile_s": time.perf_counter() - t0})
+
+    def builtin() -> Side:
+        return Side(_torch(optimizer, shapes, device, torch_kw or {}).step)
+
+    return Pair(ours, builtin)
 
 
-def sqrt_floor_row(set_name: str, shapes: list[torch.Size], repeats: int, warmup: int) -> dict:
-    """``torch.sqrt`` alone over the parameter set against torch's whole fused AdaGrad step.
+def sqrt_floor(device: str, shapes: list[list[int]]) -> Pair:
+    """``torch.sqrt`` over the set against torch's whole fused AdaGrad step."""
 
-    Every unfused AdaGrad/Adam step computes this sqrt as one of its ops; where it alone takes
-    most of the fused step's time, no arrangement of separate ops reaches the fused kernel.
-    """
-    h = [torch.rand(s) + 0.5 for s in shapes]
-    out = [torch.empty(s) for s in shapes]
-    fused = torch.optim.Adagrad(_params(shapes, "cpu"), lr=0.01, eps=1e-7, fused=True)
+    def ours() -> Side:
+        h = [torch.rand(s, device=device) + 0.5 for s in shapes]
+        out = [torch.empty(s, device=device) for s in shapes]
 
-    def sqrt_alone() -> None:
-        for a, b in zip(h, out):
-            torch.sqrt(a, out=b)
+        def sqrt_alone() -> None:
+            for a, b in zip(h, out):
+                torch.sqrt(a, out=b)
 
-    return compare(
-        SECTION,
-        f"sqrt alone {set_name} (floor of an unfused AdaGrad/Adam)",
-        sqrt_alone,
-        fused.step,
-        repeats=repeats,
-        warmup=warmup,
-        builtin_name="torch fused AdaGrad step",
-        extra={"tensors": len(shapes), "numel": sum(s.numel() for s in shapes)},
-    )
+        return Side(sqrt_alone)
+
+    def builtin() -> Side:
+        return Side(_torch("AdaGrad", shapes, device, {"fused": True}).step)
+
+    return Pair(ours, builtin)
 
 
-def run(device: str, quick: bool) -> list[dict]:
-    repeats, warmup = (3, 1) if quick else (20, 3)
-    rows: list[dict] = []
-    on_cpu = not device.startswith("cuda")
-    for set_name, shapes in parameter_sets(device, quick).items():
-        numel = sum(s.numel() for s in shapes)
-        rows.append(copy_row(set_name, numel, device, repeats, warmup))
-        for name, (make_ours, torch_cls, torch_kw, bpe) in OPTIMIZERS.items():
-            ours = make_ours(_params(shapes, device))
-            extra_base = {"tensors": len(shapes), "numel": numel, "bytes_per_elem": bpe}
-            for variant, kw in _torch_variants(device):
-                try:
-                    theirs = torch_cls(_params(shapes, device), **torch_kw, **kw)
-                    theirs.step()
-                except (RuntimeError, ValueError) as err:  # e.g. no fused kernel for this device
-                    print(f"  skip {name} {variant}: {err}", flush=True)
-                    continue
-                row = compare(
-                    SECTION,
-                    f"{name} {set_name}",
-                    ours.step,
-                    theirs.step,
-                    device=device,
-                    repeats=repeats,
-                    warmup=warmup,
-                    builtin_name=f"torch {variant}",
-                    extra=dict(extra_base),
-                )
-                with_gbps(row, bpe, numel)
-                if on_cpu:
-                    n = 2 if quick else 5
-                    row["ours_faults_per_step"] = faults_per_step(ours.step, n)
-                    row["builtin_faults_per_step"] = faults_per_step(theirs.step, n)
-                rows.append(row)
-                print(f"  {row['case']} vs {row['builtin']}: ratio {row['ratio']:.3f}", flush=True)
-                del theirs
-            # Our two code paths against each other (what foreach=None chooses between).
-            loop = make_ours(_params(shapes, device), foreach=False)
-            multi = make_ours(_params(shapes, device), foreach=True)
-            row = compare(
-                SECTION,
-                f"{name} {set_name} ours foreach=True",
-                multi.step,
-                loop.step,
-                device=device,
-                repeats=repeats,
-                warmup=warmup,
-                builtin_name="ours foreach=False",
-                extra=dict(extra_base),
-            )
-            rows.append(row)
-            del ours, loop, multi
-            if not quick and set_name == "resnet18":
-                crow = compiled_row(name, set_name, shapes, device, repeats, warmup)
-                if crow is not None:
-                    rows.append(crow)
-                    print(f"  {crow['case']} vs fused: ratio {crow['ratio']:.3f}", flush=True)
-        if on_cpu and not quick and set_name == "resnet18":
-            rows.append(sqrt_floor_row(set_name, shapes, repeats, warmup))
-    return rows
+def bandwidth(device: str, numel: int) -> Pair:
+    """In-place axpy (``y += a x``) and copy (``y = x``) of ``numel`` float32 elements."""
+    x = torch.randn(numel, device=device)
 
+    def axpy() -> Side:
+        y = torch.randn(numel, device=device)
+        return Side(lambda: y.add_(x, alpha=1e-3))
 
-if __name__ == "__main__":
-    import argparse
+    def copy() -> Side:
+        dst = torch.empty(numel, device=device)
+        return Side(lambda: dst.copy_(x))
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    for r in run(args.device, args.quick):
-        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()})
+    return Pair(axpy, copy)
