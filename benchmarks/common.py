@@ -102,8 +102,9 @@ def target(
 ) -> dict[str, Any]:
     """A row of issue 15's target table: ``metric op value``.
 
-    ``metric`` is ``"ratio"`` (time ours / torch, medians) or ``"throughput"`` (ours / torch
-    images per second, i.e. ``1 / ratio``); ``text`` is the target as the report prints it.
+    ``metric`` is ``"ratio"`` (time ours / torch, medians), ``"throughput"`` (ours / torch
+    images per second, i.e. ``1 / ratio``) or ``"copy_fraction"`` (our GB/s over the run's copy
+    bandwidth row); ``text`` is the target as the report prints it.
     """
     return {"group": group, "metric": metric, "op": op, "value": value, "text": text}
 
@@ -230,13 +231,13 @@ def _clock(device: str) -> Callable[[Side], tuple[float, int]]:
         if side.reset is not None:
             side.reset()
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             faults = minor_faults()
             start.record()
             out = side.call()
             end.record()
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
             faults = minor_faults() - faults
             ms = start.elapsed_time(end)
         else:
@@ -321,16 +322,20 @@ def _time_sides(
     return best[0], best[1], loads
 
 
+def _quietest(loads: list[Optional[float]]) -> Optional[float]:
+    """The load of the attempt that was kept (the quietest)."""
+    return min((x for x in loads if x is not None), default=None)
+
+
 def _result(
     times: list[list[float]],
     faults: list[list[int]],
     loads: list[Optional[float]],
+    load: Optional[float],
     firsts: list[float],
     interleaved: bool,
     settings: Settings,
 ) -> dict[str, Any]:
-    finite = [x for x in loads if x is not None]
-    load = min(finite) if finite else None
     return {
         "status": "noisy" if load is not None and load > settings.max_load else "ok",
         "reason": None,
@@ -360,7 +365,8 @@ def measure_pair(
         builtin, first_builtin = _start("builtin", pair.builtin, timed)
         times, faults, loads = _time_sides([ours, builtin], settings, repeats)
         info = {**ours.info, **{f"builtin_{k}": v for k, v in builtin.info.items()}}
-        out = _result(times, faults, loads, [first_ours, first_builtin], True, settings)
+        firsts = [first_ours, first_builtin]
+        out = _result(times, faults, loads, _quietest(loads), firsts, True, settings)
     else:
         # One side alive at a time; each side's own attempts, the noisier load reported.
         parts = []
@@ -375,16 +381,15 @@ def measure_pair(
             gc.collect()
         n = min(len(parts[0][0]), len(parts[1][0]))
         # Each side keeps its quietest attempt; the row carries the louder of the two.
-        kept = [min((x for x in part[2] if x is not None), default=None) for part in parts]
-        loads = [max((x for x in kept if x is not None), default=None)]
+        kept = [_quietest(part[2]) for part in parts]
         out = _result(
             [parts[0][0][:n], parts[1][0][:n]],
             [parts[0][1][:n], parts[1][1][:n]],
-            loads,
+            parts[0][2] + parts[1][2],
+            max((x for x in kept if x is not None), default=None),
             [parts[0][3], parts[1][3]],
             False,
             settings,
         )
-        out["attempts"] = len(parts[0][2]) + len(parts[1][2])
     out["info"] = info
     return out

@@ -194,6 +194,12 @@ def verdict(row: dict[str, Any]) -> tuple[Optional[bool], str]:
     value, higher = tgt["value"], tgt["op"] == ">="
     if tgt["metric"] == "throughput":
         m, best, worst = 1 / row["ratio"], 1 / row["ratio_min"], 1 / row["ratio_max"]
+    elif tgt["metric"] == "copy_fraction":  # our GB/s over the run's copy GB/s
+        if not row.get("copy_GBps"):
+            return None, "not measured (no copy bandwidth row in this run)"
+        scale = row["bytes_per_elem"] * row["numel"] / 1e6 / row["copy_GBps"]
+        times = [p["ours_ms"] for p in row["per_process"]]
+        m, best, worst = scale / row["ours_ms"], scale / min(times), scale / max(times)
     else:
         m, best, worst = row["ratio"], row["ratio_min"], row["ratio_max"]
 

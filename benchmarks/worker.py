@@ -95,6 +95,8 @@ def main(job_path: str, out_path: str) -> int:
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     settings = Settings(**job["settings"])
+    if settings.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(settings.device))  # CUDA events on that card
     _prime()
     out: dict[str, Any] = {
         "pid": os.getpid(),

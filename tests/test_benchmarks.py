@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -201,3 +201,67 @@ def test_contention_check_redoes_and_marks_a_row_beside_a_busy_loop() -> None:
     row = report.summarise(case, [result], "cpu", warmup=1)
     assert row["status"] == "noisy" and row["load"] == result["load"]
     assert row["attempts"] == 2 and row["processes"] == 1
+
+
+def test_each_timed_call_starts_from_cleared_grads() -> None:
+    """fwd+bwd calls do not accumulate into x.grad; train forward builds a graph; eval does not."""
+    import torch
+
+    common, bench_nn = _bench_module("common"), _bench_module("bench_nn")
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    dy = torch.randn(4, 3, 5, 5)
+    m = torch.nn.BatchNorm2d(3)
+    m(x).backward(dy)
+    once = (x.grad.clone(), m.weight.grad.clone())
+    timed = common._clock("cpu")
+    side = bench_nn._side(m, x, dy, "train-fwd-bwd")
+    for _ in range(3):
+        timed(side)
+    torch.testing.assert_close((x.grad, m.weight.grad), once)
+    assert bench_nn._side(m, x, None, "train-fwd").call().requires_grad
+    evaluated = bench_nn._side(m, x, None, "eval-fwd").call()
+    assert not evaluated.requires_grad and not m.training
+
+
+def test_reset_runs_before_every_call() -> None:
+    common = _bench_module("common")
+    log: list[str] = []
+
+    def factory(name: str) -> Callable[[], Any]:
+        def call() -> None:
+            assert log[-1] == f"{name} reset", log[-3:]
+            log.append(name)
+
+        return lambda: common.Side(call, reset=lambda: log.append(f"{name} reset"))
+
+    settings = common.Settings(repeats=4, warmup=1, min_time_s=0.0, redo=0)
+    out = common.measure_pair(common.Pair(factory("a"), factory("b")), settings, 4)
+    assert len(out["ours_ms"]) == len(out["builtin_ms"]) == 4
+    assert log.count("a") == log.count("a reset") == 1 + 1 + 4  # first, warm-up, timed
+    assert log[-4:] == ["b reset", "b", "a reset", "a"]  # A B, then B A
+
+
+def test_sides_that_do_not_fit_together_run_one_after_the_other() -> None:
+    common, worker = _bench_module("common"), _bench_module("worker")
+    free = common.available_memory_bytes("cpu")
+    if free is None:
+        pytest.skip("no /proc/meminfo here")
+    assert worker._layout({"bytes_needed": int(free * 1.2)}, "cpu") == (False, None)
+    _, reason = worker._layout({"bytes_needed": int(free * 3)}, "cpu")
+    assert reason and "GiB" in reason
+    made: list[str] = []
+
+    def factory(name: str) -> Callable[[], Any]:
+        def make() -> Any:
+            made.append(name)
+            return common.Side(lambda: made.append(f"{name} call"))
+
+        return make
+
+    settings = common.Settings(repeats=4, warmup=1, min_time_s=0.0, redo=0)
+    out = common.measure_pair(
+        common.Pair(factory("a"), factory("b")), settings, 4, interleaved=False
+    )
+    assert out["interleaved"] is False and len(out["ours_ms"]) == len(out["builtin_ms"]) == 4
+    assert made.index("b") > max(i for i, m in enumerate(made) if m == "a call")
