@@ -13,7 +13,8 @@
 ``ours_ms`` ...        median ms per call, ours and built-in: the median of the processes' medians
 ``ratio``              ours / built-in: the median over processes of each process's median of
                        per-call ratios (calls paired A B / B A)
-``ratio_q1/q3``        the interquartile range *within* processes (the median process's quartiles)
+``ratio_q1/q3``        the interquartile range *within* processes (the median over processes of
+                       each one's quartiles of its per-call ratios)
 ``ratio_min/max``      the spread *across* processes: the lowest and highest process median
 ``*_faults``           minor page faults per call (median), each side
 ``*_first_ms``         the first call of each side (lazy state, compilation), the median process
@@ -330,8 +331,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"calls per side (more until an attempt lasts {s['min_time_s']} s), ours and torch "
         "alternated A B, B A, each call timed alone, gradients cleared and outputs freed outside "
         "the clock. `ratio` = ours / torch: the median over processes of each process's median "
-        "per-call ratio; IQR = quartiles within the median process; `across` = lowest and "
-        "highest process median. An attempt during which other processes used more than "
+        "per-call ratio; IQR = each process's quartiles of those ratios (the median over "
+        "processes); `across` = lowest and highest process median. An attempt during which other processes used more than "
         f"{s['max_load']} cores was redone (up to {s['redo']} times); a row still above it is "
         f"`noisy`. Run time {result['duration_s'] / 60:.1f} min.",
     ]
