@@ -140,6 +140,7 @@ def cases(device: str, quick: bool) -> list[dict[str, Any]]:
     the sets beyond the caches), and on resnet18 the informative rows."""
     out: list[dict[str, Any]] = []
     big = {"16x64K", "100M", "resnet18", "32x16M"}  # beyond the caches (quick: a stand-in)
+    fused_target = FUSED_GPU if device.startswith("cuda") else FUSED
     for set_name, shapes in parameter_sets(device, quick).items():
         targeted = set_name in big
         if targeted:
@@ -153,9 +154,7 @@ def cases(device: str, quick: bool) -> list[dict[str, Any]]:
                     "fused",
                     {"fused": True},
                     {"fused": True},
-                    target_=(FUSED_GPU if device.startswith("cuda") else FUSED)
-                    if targeted
-                    else None,
+                    target_=fused_target if targeted else None,
                 )
             )
             if set_name == "resnet18" or (quick and name == "Adam"):
