@@ -25,6 +25,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -72,22 +73,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     started = time.perf_counter()
-
-    from torch_dlbasics.nn.syncbatchnorm import SyncBatchNorm
-
-    device = torch.device(args.device)
+    device = _cli.setup(args)  # same seed everywhere: every rank builds the same model
     backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
     rank, world, local_rank = init_distributed(backend)
+    try:
+        return train(args, argv, device, rank, world, local_rank, started)
+    finally:  # also when a rank fails (bad data folder, ...): the others then fail, not hang
+        dist.destroy_process_group()
+
+
+def train(args: Any, argv: list[str], device: torch.device, rank: int, world: int, local_rank: int,
+          started: float) -> int:  # fmt: skip
+    from torch_dlbasics.nn.syncbatchnorm import SyncBatchNorm
+
     if device.type == "cuda":  # one GPU per process (gloo: processes may share one)
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if args.batch_size % world:
-        dist.destroy_process_group()
         raise _cli.ExampleError(
             f"--batch-size {args.batch_size} is not divisible by {world} processes"
         )
     per_rank_batch = args.batch_size // world
-    _cli.setup(args)  # same seed everywhere: every rank builds the same model
 
     # Rank 0 prepares the data first (from the offline mirror if need be), the others then read it.
     if rank != 0:
@@ -151,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"test accuracy: {accuracy:.4f} ({world} processes, {dist.get_backend()}, "
               f"{steps} steps, {train_seconds:.1f} s training)")  # fmt: skip
     dist.barrier()
-    dist.destroy_process_group()
     return 0
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,29 +204,16 @@ def test_train_mnist_resume_errors(run_example, tmp_path: Path, capsys) -> None:
 def _start(out: Path, data_root: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, str(EXAMPLES / "train_mnist.py"), "--quick", "--no-progress", "--device", "cpu",
            "--threads", THREADS, "--epochs", "2", "--data-root", str(data_root), "--out", str(out), *extra]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc: subprocess.Popen) -> None:
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-3000:]
+def _finish(proc: subprocess.Popen, status: int = 0) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == status, (out + err)[-3000:]
+    return out, err
 
 
-def test_train_mnist_resume_is_bit_exact(data_root: Path, tmp_path: Path) -> None:
-    """Stop at step 40 (epoch 2 of 2, 8 of its 32 steps done), resume in a new process: the
-    final model, optimizer, LR scheduler (cosine, per step), RNG states and losses equal an
-    uninterrupted run's."""
-    schedule = "cosine"
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    uninterrupted = _start(whole, data_root, "--lr-schedule", schedule)  # runs meanwhile
-    _finish(_start(split, data_root, "--lr-schedule", schedule, "--stop-after-steps", "40"))
-    stopped = torch.load(split / "checkpoint.pt", weights_only=True)
-    assert stopped["progress"]["global_step"] == 40 and stopped["progress"]["step_in_epoch"] == 8
-    _finish(_start(split, data_root, "--lr-schedule", schedule, "--resume"))
-    _finish(uninterrupted)
-
-    a = torch.load(whole / "checkpoint.pt", weights_only=True)
-    b = torch.load(split / "checkpoint.pt", weights_only=True)
+def _assert_same_end(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a["progress"]["global_step"] == b["progress"]["global_step"] == 64
     assert a["losses"] == b["losses"] and len(a["losses"]) == 64
     assert a["model"].keys() == b["model"].keys()
@@ -238,10 +228,190 @@ def test_train_mnist_resume_is_bit_exact(data_root: Path, tmp_path: Path) -> Non
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     assert a["rng"]["numpy"] == b["rng"]["numpy"] and a["rng"]["python"] == b["rng"]["python"]
-    assert (
-        json.loads((whole / "train_mnist.json").read_text())["test_accuracy"]
-        == json.loads((split / "train_mnist.json").read_text())["test_accuracy"]
+
+
+def test_train_mnist_resume_is_bit_exact_after_stop_and_ctrl_c(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """Three runs of 2 epochs x 32 steps: one uninterrupted; one stopped at step 40 (epoch 2,
+    8 of its 32 steps) by --stop-after-steps; one sent a real SIGINT in epoch 2 (as soon as
+    its epoch-1 checkpoint appears; an epoch takes seconds, the poll 20 ms). The two stopped ones resume in new processes: all three end with the same
+    model, optimizer, LR scheduler (cosine, per step), RNG states and losses, bit for bit."""
+    whole, split, ctrl_c = tmp_path / "whole", tmp_path / "split", tmp_path / "ctrl_c"
+    uninterrupted = _start(whole, data_root)  # these run meanwhile
+    stopping = _start(split, data_root, "--stop-after-steps", "40")
+    interrupted = _start(ctrl_c, data_root)
+    deadline = time.monotonic() + 300
+    while not (ctrl_c / "checkpoint.pt").exists():  # epoch 1 is done: 32 steps to go
+        assert interrupted.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    interrupted.send_signal(signal.SIGINT)
+    _, err = _finish(interrupted, 130)
+    assert re.fullmatch(
+        r"interrupted after (\d+) steps; checkpoint in .* \(continue with --resume\)\n", err
+    ), err
+    cut = torch.load(ctrl_c / "checkpoint.pt", weights_only=True)["progress"]
+    assert 32 <= cut["global_step"] < 64, cut  # saved mid-run, where it stopped
+    assert cut["global_step"] == int(err.split()[2])
+
+    _finish(stopping)
+    stopped = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert stopped["progress"]["global_step"] == 40 and stopped["progress"]["step_in_epoch"] == 8
+    resumed = [_start(split, data_root, "--resume"), _start(ctrl_c, data_root, "--resume")]
+    for proc in [*resumed, uninterrupted]:
+        _finish(proc)
+
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    for other in (split, ctrl_c):
+        _assert_same_end(a, torch.load(other / "checkpoint.pt", weights_only=True))
+        assert (
+            json.loads((whole / "train_mnist.json").read_text())["test_accuracy"]
+            == json.loads((other / "train_mnist.json").read_text())["test_accuracy"]
+        )
+
+
+def test_train_mnist_lr_zero_trains_at_zero(run_example) -> None:
+    """--lr 0 means lr 0 (it used to mean the default lr, while the checkpoint said 0.0)."""
+    _, out = run_example(
+        "train_mnist", "--no-progress", "--lr", "0", "--stop-after-steps", "3", finished=False
     )
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["run"]["lr"] == 0.0
+    assert all(g["lr"] == 0.0 for g in ckpt["optimizer"]["param_groups"])
+    mnist_cnn = importlib.import_module("_mnist_cnn")
+    torch.manual_seed(0)
+    initial = mnist_cnn.build_model().state_dict()
+    for k, v in ckpt["model"].items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, initial[k]), k  # three steps at lr 0 move no parameter
+
+
+def test_train_mnist_stop_after_zero_steps_writes_what_it_claims(run_example, capsys) -> None:
+    _, out = run_example("train_mnist", "--no-progress", "--stop-after-steps", "0", finished=False)
+    said = capsys.readouterr().out
+    assert f"stopped after 0 steps; checkpoint in {out / 'checkpoint.pt'}" in said
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["progress"]["global_step"] == 0
+    run_example(
+        "train_mnist", "--no-progress", "--resume", "--stop-after-steps", "2", finished=False
+    )
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["global_step"] == 2
+
+
+SEEDED = ["weight_init_activation_histogram", "optimizer_compare_mnist", "weight_init_compare",
+          "batch_norm_compare", "overfit_weight_decay", "overfit_dropout"]  # fmt: skip
+ALL = ["optimizer_paths", *SEEDED, "train_mnist", "train_mnist_ddp"]
+USES_DATA = [n for n in ALL if n not in ("optimizer_paths", "weight_init_activation_histogram")]
+
+
+def _bad_flags(tmp_path: Path) -> list[tuple[str, list[str], str]]:
+    """(example, flags, a word the one-line error must contain)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = []
+    for name in ALL:
+        cases += [
+            (name, ["--device", "tpu"], "device"),
+            (name, ["--device", "cuda:99"], "cuda:99"),
+            (name, ["--threads", "-1"], "--threads"),
+            (name, ["--threads", "0"], "--threads"),
+            (name, ["--threads", "two"], "--threads"),
+            (name, ["--out", str(a_file / "sub")], "--out"),
+            (name, ["--out", str(a_file)], "--out"),
+        ]
+    for name in SEEDED:
+        cases += [(name, ["--seeds", "-1"], "--seeds"), (name, ["--seeds", "1", "1"], "twice")]
+    for name in USES_DATA:
+        cases += [(name, ["--data-root", str(a_file)], "data folder")]
+    for name in ("train_mnist", "train_mnist_ddp"):
+        cases += [
+            (name, ["--batch-size", "0"], "--batch-size"),
+            (name, ["--lr", "-1"], "--lr"),
+            (name, ["--lr", "nan"], "--lr"),
+            (name, ["--epochs", "0"], "--epochs"),
+            (name, ["--optimizer", "lbfgs"], "--optimizer"),
+        ]
+    cases += [
+        ("train_mnist", ["--workers", "-1"], "--workers"),
+        ("train_mnist", ["--stop-after-steps", "-1"], "--stop-after-steps"),
+        ("train_mnist", ["--resume", str(tmp_path / "missing.pt")], "no checkpoint"),
+    ]
+    return cases
+
+
+def test_every_bad_flag_is_one_line_and_status_2(data_root: Path, tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    threads = torch.get_num_threads()
+    try:
+        for name, flags, word in _bad_flags(tmp_path):
+            argv = [
+                "--quick",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "out"),
+                "--data-root",
+                str(data_root),
+                *flags,
+            ]
+            line = _refused(name, argv, capsys)
+            assert word in line, (name, flags, line)
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(str(EXAMPLES))
+
+
+def test_bad_flag_from_the_shell(data_root: Path, tmp_path: Path) -> None:
+    """As a user runs it: one line on stderr, exit status 2, no traceback."""
+    for argv in (["--batch-size", "0"], ["--out", str(Path(__file__))]):
+        proc = subprocess.run([sys.executable, str(EXAMPLES / "train_mnist.py"), "--device", "cpu", *argv],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_resume_refuses_what_is_not_its_checkpoint(run_example, tmp_path: Path, capsys) -> None:
+    """A plain tensor, a model state_dict, an optimizer state from another optimizer: one line,
+    status 2, and the checkpoint in --out is left as it was."""
+    _, out = run_example("train_mnist", "--no-progress", "--stop-after-steps", "3", finished=False)
+    ckpt_file = out / "checkpoint.pt"
+    before = ckpt_file.read_bytes()
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    model = importlib.import_module("_mnist_cnn").build_model()
+    model.load_state_dict(ckpt["model"])
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    sgd.step()
+    files = {
+        "tensor": torch.randn(3),
+        "state_dict": ckpt["model"],
+        "optimizer_only": ckpt["optimizer"],
+        "foreign_optimizer": {**ckpt, "optimizer": sgd.state_dict()},
+        "list": [1, 2, 3],
+    }
+    words = {"tensor": "a tensor", "state_dict": "a model state_dict", "optimizer_only": "an optimizer state_dict",
+             "foreign_optimizer": "optimizer state does not fit", "list": "a list"}  # fmt: skip
+    common = [
+        "--quick",
+        "--device",
+        "cpu",
+        "--threads",
+        THREADS,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    for what, obj in files.items():
+        path = tmp_path / f"{what}.pt"
+        torch.save(obj, path)
+        line = _refused("train_mnist", [*common, "--resume", str(path)], capsys)
+        assert words[what] in line, line
+        assert ckpt_file.read_bytes() == before
+
+
+def test_train_mnist_ddp_one_process(run_example) -> None:
+    r, _ = run_example("train_mnist_ddp", "--no-progress")
+    assert r["processes"] == 1 and r["backend"] == "gloo" and r["test_accuracy"] > 0.5
+    assert r["lr"] == 0.001 and r["steps"] == 32
 
 
 @pytest.mark.parametrize("name", ["train_mnist", "optimizer_compare_mnist"])
