@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -22,8 +23,61 @@ from typing import Any
 import pytest
 import torch
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+COMMITTED_QUICK = REPO / "docs" / "figures" / "quick"
 THREADS = "1"  # deterministic and kind to a shared machine
+# Child processes import this checkout's torch_dlbasics, whatever else is installed.
+CHILD_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+}
+
+# What a quick rerun must reproduce of the committed docs/figures/quick/<name>.json (written by
+# `python examples/run_all.py --quick`, same flags, one thread). Measured: with the same torch
+# and one thread every number is bit-identical run to run; torch 2.4.1 and 2.14.1 agree bit for
+# bit too, except where Dropout draws its mask (torch's RNG stream for it changed between
+# versions: the runs then differ by sampling noise, up to 0.1 in a loss). So: floats within
+# rtol 1e-5 / atol 1e-6 (the JSON keeps 7 significant digits, so 1e-6 relative is its rounding;
+# any real change to a layer or optimizer moves results far more), everything else exact, and
+# the Dropout experiments only under the torch version that wrote the committed file.
+REPRODUCE = {"rtol": 1e-5, "atol": 1e-6}
+NOT_REPRODUCED = {"seconds", "machine", "command", "train_seconds", "images_per_second"}
+DROPOUT_RNG = {"overfit_dropout", "train_mnist"}
+
+
+def _same(committed: Any, rerun: Any, where: str) -> None:
+    if isinstance(committed, dict):
+        assert isinstance(rerun, dict) and committed.keys() == rerun.keys(), where
+        for k in committed:
+            if k not in NOT_REPRODUCED:
+                _same(committed[k], rerun[k], f"{where}.{k}")
+    elif isinstance(committed, list):
+        assert isinstance(rerun, list) and len(committed) == len(rerun), where
+        for i, (a, b) in enumerate(zip(committed, rerun)):
+            _same(a, b, f"{where}[{i}]")
+    elif isinstance(committed, float) or isinstance(rerun, float):
+        assert rerun == pytest.approx(committed, rel=REPRODUCE["rtol"], abs=REPRODUCE["atol"]), (
+            where
+        )
+    else:
+        assert committed == rerun, where
+
+
+def assert_reproduces_committed(name: str, results: dict[str, Any]) -> None:
+    """The quick rerun equals the committed quick JSON: a change that moves a result fails
+    here until `python examples/run_all.py --quick` (and the full run) regenerate the files."""
+    committed = json.loads((COMMITTED_QUICK / f"{name}.json").read_text())
+    committed_torch = committed["machine"]["torch"].split("+")[0]
+    if name in DROPOUT_RNG and committed_torch != torch.__version__.split("+")[0]:
+        return  # Dropout's random stream differs between torch versions (see REPRODUCE)
+    try:
+        _same(committed, results, name)
+    except AssertionError as e:
+        raise AssertionError(
+            f"{name}: the quick rerun no longer matches docs/figures/quick/{name}.json at {e}; if the "
+            "change is meant, regenerate: python examples/run_all.py --quick && python examples/run_all.py"
+        ) from None
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +98,9 @@ def run_example(data_root: Path, tmp_path: Path):
     threads = torch.get_num_threads()
     rng = torch.get_rng_state()
 
-    def run(name: str, *extra: str, finished: bool = True) -> tuple[dict[str, Any], Path]:
+    def run(
+        name: str, *extra: str, finished: bool = True, reproduce: bool = False
+    ) -> tuple[dict[str, Any], Path]:
         module = importlib.import_module(name)
         out = tmp_path / name
         argv = ["--quick", "--device", "cpu", "--threads", THREADS, "--out", str(out),
@@ -57,6 +113,8 @@ def run_example(data_root: Path, tmp_path: Path):
         text = js.read_text()
         results = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {js}"))
         _assert_finite(results)
+        if reproduce:
+            assert_reproduces_committed(name, results)
         return results, out
 
     yield run
@@ -77,7 +135,7 @@ def _assert_finite(obj: Any) -> None:
 
 
 def test_optimizer_paths(run_example) -> None:
-    r, _ = run_example("optimizer_paths")
+    r, _ = run_example("optimizer_paths", reproduce=True)
     opts = r["optimizers"]
     assert set(opts) == {"SGD", "Momentum", "Nesterov", "AdaGrad", "Adam"}
     for name, o in opts.items():
@@ -94,7 +152,7 @@ def _median(stat: dict[str, float]) -> float:
 
 
 def test_weight_init_activation_histogram(run_example) -> None:
-    r, _ = run_example("weight_init_activation_histogram")
+    r, _ = run_example("weight_init_activation_histogram", reproduce=True)
     configs = r["configs"]
     assert r["seeds"] == [0, 1]
     assert len(configs) == 12 and all(len(c["layers"]) == 5 for c in configs.values())
@@ -118,7 +176,7 @@ def test_weight_init_activation_histogram(run_example) -> None:
 
 
 def test_optimizer_compare_mnist(run_example) -> None:
-    r, _ = run_example("optimizer_compare_mnist")
+    r, _ = run_example("optimizer_compare_mnist", reproduce=True)
     assert r["iterations"] == 150 and r["seeds"] == [0, 1]
     assert set(r["per_seed"]) == {"0", "1"}
     for name, o in r["summary"].items():
@@ -132,14 +190,14 @@ def test_optimizer_compare_mnist(run_example) -> None:
 
 
 def test_weight_init_compare(run_example) -> None:
-    r, _ = run_example("weight_init_compare")
+    r, _ = run_example("weight_init_compare", reproduce=True)
     s = r["summary"]
     assert _median(s["He"]["test_accuracy"]) > 0.4
     assert s["He"]["loss_mean_last_100"]["max"] < s["std=0.01"]["loss_mean_last_100"]["min"]
 
 
 def test_batch_norm_compare(run_example) -> None:
-    r, _ = run_example("batch_norm_compare")
+    r, _ = run_example("batch_norm_compare", reproduce=True)
     assert len(r["summary"]) == 4
     for runs in r["per_seed"].values():
         assert len(runs) == 4 and all(len(x["train_accuracy"]["batch_norm"]) == 3 for x in runs)
@@ -148,7 +206,7 @@ def test_batch_norm_compare(run_example) -> None:
 
 @pytest.mark.parametrize("name", ["overfit_weight_decay", "overfit_dropout"])
 def test_overfit(run_example, name: str) -> None:
-    r, _ = run_example(name)
+    r, _ = run_example(name, reproduce=True)
     plain, other = r["summary"].values()
     for runs in r["per_seed"].values():
         assert len(runs) == 2 and all(len(x["test"]) == 40 for x in runs.values())
@@ -158,7 +216,7 @@ def test_overfit(run_example, name: str) -> None:
 
 
 def test_train_mnist_quick_real_mnist(run_example) -> None:
-    r, out = run_example("train_mnist", "--no-progress")
+    r, out = run_example("train_mnist", "--no-progress", reproduce=True)
     assert r["test_images"] == 1000 and r["train_images"] == 2048
     assert r["test_accuracy"] > 0.5  # chance is 0.1
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -204,7 +262,9 @@ def test_train_mnist_resume_errors(run_example, tmp_path: Path, capsys) -> None:
 def _start(out: Path, data_root: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, str(EXAMPLES / "train_mnist.py"), "--quick", "--no-progress", "--device", "cpu",
            "--threads", THREADS, "--epochs", "2", "--data-root", str(data_root), "--out", str(out), *extra]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV
+    )
 
 
 def _finish(proc: subprocess.Popen, status: int = 0) -> tuple[str, str]:
@@ -300,7 +360,7 @@ def test_train_mnist_stop_after_zero_steps_writes_what_it_claims(run_example, ca
 
 SEEDED = ["weight_init_activation_histogram", "optimizer_compare_mnist", "weight_init_compare",
           "batch_norm_compare", "overfit_weight_decay", "overfit_dropout"]  # fmt: skip
-ALL = ["optimizer_paths", *SEEDED, "train_mnist", "train_mnist_ddp"]
+ALL = ["optimizer_paths", *SEEDED, "hyperparameter_optimization", "train_mnist", "train_mnist_ddp"]
 USES_DATA = [n for n in ALL if n not in ("optimizer_paths", "weight_init_activation_histogram")]
 
 
@@ -319,7 +379,7 @@ def _bad_flags(tmp_path: Path) -> list[tuple[str, list[str], str]]:
             (name, ["--out", str(a_file / "sub")], "--out"),
             (name, ["--out", str(a_file)], "--out"),
         ]
-    for name in SEEDED:
+    for name in [*SEEDED, "hyperparameter_optimization"]:
         cases += [(name, ["--seeds", "-1"], "--seeds"), (name, ["--seeds", "1", "1"], "twice")]
     for name in USES_DATA:
         cases += [(name, ["--data-root", str(a_file)], "data folder")]
@@ -332,6 +392,10 @@ def _bad_flags(tmp_path: Path) -> list[tuple[str, list[str], str]]:
             (name, ["--optimizer", "lbfgs"], "--optimizer"),
         ]
     cases += [
+        ("hyperparameter_optimization", ["--trials", "0"], "--trials"),
+        ("hyperparameter_optimization", ["--jobs", "0"], "--jobs"),
+        ("hyperparameter_optimization", ["--sampler", "grid"], "--sampler"),
+        ("hyperparameter_optimization", ["--storage", "nonsense://x"], "--storage"),
         ("train_mnist", ["--workers", "-1"], "--workers"),
         ("train_mnist", ["--stop-after-steps", "-1"], "--stop-after-steps"),
         ("train_mnist", ["--resume", str(tmp_path / "missing.pt")], "no checkpoint"),
@@ -365,7 +429,7 @@ def test_bad_flag_from_the_shell(data_root: Path, tmp_path: Path) -> None:
     """As a user runs it: one line on stderr, exit status 2, no traceback."""
     for argv in (["--batch-size", "0"], ["--out", str(Path(__file__))]):
         proc = subprocess.run([sys.executable, str(EXAMPLES / "train_mnist.py"), "--device", "cpu", *argv],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+                              capture_output=True, text=True, timeout=300, env=CHILD_ENV)  # fmt: skip
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
@@ -412,6 +476,113 @@ def test_train_mnist_ddp_one_process(run_example) -> None:
     r, _ = run_example("train_mnist_ddp", "--no-progress")
     assert r["processes"] == 1 and r["backend"] == "gloo" and r["test_accuracy"] > 0.5
     assert r["lr"] == 0.001 and r["steps"] == 32
+
+
+def _trial_key(tr: dict[str, Any]) -> tuple:
+    return tr["number"], tr["lr"], tr["weight_decay"], tr["val_accuracy"], tr["val_curve"]
+
+
+def test_hyperparameter_optimization_quick(run_example) -> None:
+    pytest.importorskip("optuna")
+    r, out = run_example("hyperparameter_optimization", "--no-progress", reproduce=True)
+    assert (
+        r["seeds"] == [0, 1]
+        and r["samplers"] == ["random"]
+        and r["book"]["best_val_accuracy"] == 0.84
+    )
+    assert (
+        out / "hyperparameter_optimization_samplers.png"
+    ).is_file()  # two seeds: the spread figure
+    for study in r["studies"].values():
+        trials = study["trials"]
+        assert [tr["number"] for tr in trials] == list(range(8))
+        for tr in trials:
+            assert 1e-6 <= tr["lr"] <= 1e-2 and 1e-8 <= tr["weight_decay"] <= 1e-4
+            assert len(tr["val_curve"]) == len(tr["train_curve"]) == 10
+            assert tr["val_accuracy"] == tr["val_curve"][-1]
+            assert all(abs(v * 100 - round(v * 100)) < 1e-9 for v in tr["val_curve"])  # k / 100 images
+    best = r["summary"]["random"]["best_val_accuracy"]
+    assert best["max"] == max(
+        tr["val_accuracy"] for s in r["studies"].values() for tr in s["trials"]
+    )
+
+
+def test_killed_search_resumes_without_redoing_trials(data_root: Path, tmp_path: Path) -> None:
+    """SIGKILL a search mid-study; rerun the same command: the trials finished before the kill
+    are kept as they were, only the missing ones run, and the study has exactly --trials."""
+    optuna = pytest.importorskip("optuna")
+    hpo = (
+        importlib.import_module("hyperparameter_optimization")
+        if str(EXAMPLES) in sys.path
+        else None
+    )
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        hpo = hpo or importlib.import_module("hyperparameter_optimization")
+        out = tmp_path / "search"
+        flags = ["--quick", "--seeds", "0", "--trials", "6", "--epochs", "6", "--no-progress", "--device", "cpu",
+                 "--threads", THREADS, "--data-root", str(data_root), "--out", str(out)]  # fmt: skip
+        child = subprocess.Popen([sys.executable, str(EXAMPLES / "hyperparameter_optimization.py"), *flags],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)  # fmt: skip
+        url, name = f"sqlite:///{(out / 'studies.db').resolve()}", hpo.study_name("random", 0, 6)
+        complete = optuna.trial.TrialState.COMPLETE
+        deadline, before = time.monotonic() + 300, []
+        try:
+            while len(before) < 2:
+                assert child.poll() is None, child.stderr.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+                try:
+                    study = optuna.load_study(study_name=name, storage=url)
+                    before = [t for t in study.get_trials(deepcopy=False) if t.state == complete]
+                except Exception:  # the study is not created yet
+                    pass
+        finally:
+            child.kill()
+            child.wait(timeout=60)
+        before = [
+            t
+            for t in optuna.load_study(study_name=name, storage=url).get_trials()
+            if t.state == complete
+        ]
+        assert 2 <= len(before) < 6, "killed too late: the test tests nothing"
+        threads = torch.get_num_threads()
+        try:
+            assert hpo.main(flags) == 0
+        finally:
+            torch.set_num_threads(threads)
+        r = json.loads((out / "hyperparameter_optimization.json").read_text())
+        trials = r["studies"]["random/seed0"]["trials"]
+        assert len(trials) == 6
+        kept = {tr["number"]: tr for tr in trials}
+        for t in before:  # the same trials, not redone
+            assert kept[t.number]["lr"] == pytest.approx(t.params["lr"], rel=1e-6)
+            assert kept[t.number]["val_accuracy"] == t.value
+        after = optuna.load_study(study_name=name, storage=url).get_trials()
+        finished = [t for t in after if t.state == complete]
+        assert len(finished) == 6  # only the missing ones ran
+        assert {t.number for t in before} <= {t.number for t in finished}
+        assert (
+            len({(t.params["lr"], t.params["weight_decay"]) for t in finished}) == 6
+        )  # no repeated draws
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def test_hyperparameter_optimization_parallel_workers(run_example) -> None:
+    """--jobs 2: two worker processes share one study; the budget is exact."""
+    pytest.importorskip("optuna")
+    r, _ = run_example("hyperparameter_optimization", "--no-progress", "--seeds", "3", "--trials", "4",
+                       "--epochs", "2", "--jobs", "2")  # fmt: skip
+    trials = r["studies"]["random/seed3"]["trials"]
+    assert len(trials) == 4 and len({(tr["lr"], tr["weight_decay"]) for tr in trials}) == 4
+
+
+def test_hyperparameter_optimization_without_optuna(monkeypatch, tmp_path: Path, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    line = _refused("hyperparameter_optimization", ["--quick", "--out", str(tmp_path)], capsys)
+    assert "needs Optuna" in line and "pip install" in line
 
 
 @pytest.mark.parametrize("name", ["train_mnist", "optimizer_compare_mnist"])
