@@ -18,6 +18,7 @@ the docs quote, formatted) and, in full mode, ``docs/results.md`` are written fr
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -59,15 +60,27 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[str], str]]] = {
 
 
 def code_fingerprint() -> str:
-    """The package's and the examples' source (not this runner or the report) and torch's version."""
+    """The package's and the examples' code (not this runner or the report; docstrings and
+    comments left out, so editing prose reruns nothing) and torch's version."""
     import torch
 
     h = hashlib.sha256(torch.__version__.encode())
     files = sorted((REPO / "torch_dlbasics").rglob("*.py")) + sorted(EXAMPLES.glob("*.py"))
     for f in files:
         if f.name not in ("run_all.py", "_report.py"):
-            h.update(f.relative_to(REPO).as_posix().encode() + f.read_bytes())
+            h.update(f.relative_to(REPO).as_posix().encode() + _code(f.read_text()).encode())
     return h.hexdigest()[:16]
+
+
+def _code(source: str) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):  # fmt: skip
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def runs_of(name: str, quick: bool) -> list[tuple[str, list[str], str]]:
@@ -75,14 +88,17 @@ def runs_of(name: str, quick: bool) -> list[tuple[str, list[str], str]]:
             if (quick_flags if quick else full) is not None]  # fmt: skip
 
 
-def run_experiment(name: str, key: str, args: argparse.Namespace, work: Path, dest: Path) -> float:
-    """Run one experiment's processes; copy its outputs to ``dest``; return its wall seconds."""
+def run_experiment(
+    name: str, key: str, args: argparse.Namespace, work: Path, dest: Path
+) -> tuple[float, float]:
+    """Run one experiment's processes; copy its outputs to ``dest``; return its wall and CPU seconds."""
     started = time.perf_counter()
     marker = work / name / ".fingerprint"
     if marker.is_file() and marker.read_text() != key:  # another code state: start afresh
         shutil.rmtree(work / name)
     (work / name).mkdir(parents=True, exist_ok=True)
     marker.write_text(key)  # the same state resumes (the §6.5 studies keep their finished trials)
+    cpu_seconds = 0.0
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -94,23 +110,36 @@ def run_experiment(name: str, key: str, args: argparse.Namespace, work: Path, de
         log = work / f"{name}{'-' + sub if sub else ''}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as f:
-            code = subprocess.call(
+            proc = subprocess.Popen(
                 [sys.executable, str(EXAMPLES / f"{script}.py"), *argv],
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 env=env,
             )
+            code, cpu = _wait(proc)
+            cpu_seconds += cpu
         if code:
             tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             raise _cli.ExampleError(f"{name}: exit status {code}: {tail[0]} (log: {log})")
         suffix = f"_{sub}" if sub and sub != "seed0" else ""
-        for produced in sorted(out.glob(f"{script}*.json")) + (
-            [] if args.quick else sorted(out.glob(f"{script}*.png"))
-        ):
+        figures = (
+            [] if args.quick or suffix else sorted(out.glob(f"{script}*.png"))
+        )  # seed 0's only
+        for produced in sorted(out.glob(f"{script}*.json")) + figures:
             target = dest / produced.name.replace(script, script + suffix, 1)
             shutil.copyfile(produced, target)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, float]:
+    """Exit status and CPU seconds (user + system) of a child: on one thread, about the wall
+    time it takes on an otherwise idle machine, whatever else runs meanwhile."""
+    if hasattr(os, "wait4"):
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, usage.ru_utime + usage.ru_stime
+    return proc.wait(), float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,17 +198,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(name: str) -> None:
         print(f"{name}: running", flush=True)
-        seconds = run_experiment(name, key(name), args, work, dest)
+        seconds, cpu = run_experiment(name, key(name), args, work, dest)
         with lock:
-            record(name, seconds)
+            record(name, seconds, cpu)
 
-    def record(name: str, seconds: float) -> None:
-        state[name] = {"fingerprint": key(name), "seconds": round(seconds, 1), "jobs": args.jobs,
+    def record(name: str, seconds: float, cpu: float) -> None:
+        state[name] = {"fingerprint": key(name), "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                       "jobs": args.jobs, "load_average": [round(x, 2) for x in os.getloadavg()],
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
         state_file.write_text(
             json.dumps(state, indent=1, sort_keys=True) + "\n"
         )  # after each: resumable
-        print(f"{name}: done in {seconds:.0f} s", flush=True)
+        print(f"{name}: done in {seconds:.0f} s ({cpu:.0f} s of CPU)", flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         for f in [pool.submit(one, n) for n in todo]:
@@ -191,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         page = REPO / "docs" / "results.md"
         page.write_text(_report.render(dest, numbers))
         print(f"wrote {dest / 'results.json'} and {page}")
-    total = sum(state[n]["seconds"] for n in EXPERIMENTS if n in state)
-    print(f"experiments' time as last run: {total:.0f} s in total")
+    wall = sum(state[n]["seconds"] for n in EXPERIMENTS if n in state)
+    cpu = sum(state[n].get("cpu_seconds", float("nan")) for n in EXPERIMENTS if n in state)
+    print(f"experiments as last run: {wall:.0f} s wall, {cpu:.0f} s of CPU in total")
     return 0
 
 

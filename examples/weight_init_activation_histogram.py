@@ -7,7 +7,7 @@ histogram (30 bins) per layer of its activations: range (0, 1) for sigmoid as in
 (-1, 1) for tanh.
 
 ReLU differs: about half its outputs are exactly 0, and the rest spans many orders of
-magnitude across the schemes (std 0.01 shrinks each layer about 14x, std 1 grows it about 7x),
+magnitude across the schemes (each layer scales them by about std * sqrt(n / 2)),
 so no linear range shows them all: the book's (0, 1) piles every larger value into the last
 bin. The ReLU rows therefore show ``log10`` of the positive activations over one range for all
 ReLU panels (from the lowest 0.5th to the highest 99.5th percentile of any panel, rounded out
