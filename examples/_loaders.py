@@ -35,10 +35,22 @@ def load(data_root: str | Path | None, train: bool, transform: Any = None) -> An
 def mnist_tensors(
     data_root: Path, train: bool, device: torch.device, limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST as the book loads it (``normalize=True``, flattened): x = byte / 255 in (N, 784), labels."""
-    ds = load(data_root, train)
-    x = ds.data[:limit].reshape(-1, 784).to(torch.float32).div_(255.0)
-    return x.to(device), ds.targets[:limit].to(device)
+    """MNIST as the book loads it (``normalize=True``, flattened): x = byte / 255 in (N, 784), labels.
+
+    Straight from the verified IDX bytes (``read_verified``): no torchvision import, which costs
+    seconds in every process (and every worker of the §6.5 search).
+    """
+    from torch_dlbasics.data import MNISTUnavailableError, prepare_mnist, read_verified
+
+    try:
+        images, labels = read_verified(prepare_mnist(data_root), train)
+    except MNISTUnavailableError as e:
+        raise ExampleError(str(e)) from None
+    except (OSError, ValueError):  # changed since verified, unreadable: load() repairs or says so
+        ds = load(data_root, train)
+        images, labels = ds.data, ds.targets
+    x = images[:limit].reshape(-1, 784).to(torch.float32).div_(255.0)
+    return x.to(device), labels[:limit].to(device)
 
 
 class EpochSampler(Sampler[int]):
