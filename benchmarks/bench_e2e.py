@@ -33,7 +33,8 @@ THROUGHPUT = target(
 def _example_parts() -> tuple[Callable[..., nn.Module], Callable[..., Any]]:
     """The main job's CNN builder and MNIST loaders: the one place that knows where they live."""
     sys.path.insert(0, str(EXAMPLES))
-    from train_mnist import build_model, make_loaders
+    from _loaders import make_loaders
+    from _mnist_cnn import build_model
 
     return build_model, make_loaders
 

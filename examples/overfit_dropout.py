@@ -1,82 +1,28 @@
 """Overfitting 300 MNIST images, without and with our Dropout(0.2) (book fig. 6-23).
 
-Book ch. 6 ``overfit_dropout.py``: the first 300 training images, 784 -> 6 x 100 -> 10
-(Affine -> ReLU -> Dropout per hidden layer), He initialisation, SGD lr 0.01, batch 100 drawn as
-``np.random.choice(300, 100)``, 301 epochs of 3 iterations; after iterations 0, 3, ..., 900 the
-accuracy on the 300 training images and the 10,000 test images (eval mode). The Dropout is ours
-in the book's form, ``Dropout(0.2, inverted=False)``: train ``x * mask``, test ``x * (1 - p)``
-(the book's ``Trainer`` also runs 2 more iterations after the last record; they change no
-figure). Both runs start from the same weights and see the same batches. ``--quick``: 40 epochs,
-2,000 test images.
+Book ch. 6 ``overfit_dropout.py`` (§6.4.3), 301 epochs: the setting is ``_overfit.py``'s,
+with a Dropout after each hidden ReLU. The Dropout is ours in the book's form,
+``Dropout(0.2, inverted=False)``: train ``x * mask``, test ``x * (1 - p)``.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Any
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common
+import _cli
+import _overfit
+from _overfit import Variant
 
 NAME = "overfit_dropout"
 P = 0.2
+VARIANTS = (Variant("without dropout"), Variant(f"dropout {P}", dropout=P))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = _common.parser(__doc__.split("\n")[0], NAME).parse_args(argv)
-    started = time.perf_counter()
-    device = _common.setup(args)
-
-    from torch_dlbasics.init import init_weights_
-    from torch_dlbasics.optim import SGD
-
-    epochs, n_test = (40, 2000) if args.quick else (301, None)
-    n_train, batch_size = 300, 100
-    iter_per_epoch = max(n_train // batch_size, 1)
-    x, t = _common.mnist_tensors(args.data_root, True, device, n_train)
-    xt, tt = _common.mnist_tensors(args.data_root, False, device, n_test)
-    batches = _common.book_batches(
-        n_train, batch_size, (epochs - 1) * iter_per_epoch + 1, args.seed
-    )
-
-    runs: dict[str, Any] = {}
-    for label, p in (("without dropout", None), (f"dropout {P}", P)):
-        torch.manual_seed(args.seed)
-        model = _common.mlp([100] * 6, dropout=p, dropout_kwargs={"inverted": False})
-        model = init_weights_(model, "he").to(device)
-        runs[label] = _common.train_with_evaluation(
-            model,
-            SGD(model.parameters(), lr=0.01),
-            (x, t, xt, tt),
-            batches,
-            iter_per_epoch,
-            None,
-            label,
-        )
-    fig = _common.plot_train_test(runs, "300 MNIST training images, 6 x 100, SGD lr 0.01")
-    summary = {
-        label: {
-            "dropout": p,
-            "final_train_accuracy": acc["train"][-1],
-            "final_test_accuracy": acc["test"][-1],
-            "gap": acc["train"][-1] - acc["test"][-1],
-            "accuracy": acc,
-        }
-        for (label, acc), p in zip(runs.items(), (0.0, P))
-    }
-    results = {"train_images": n_train, "test_images": len(xt), "epochs": epochs, "runs": summary}
-    _common.write_results(args.out, NAME, results, fig, started, argv)
-    for label, r in summary.items():
-        print(
-            f"{label:16s} train {r['final_train_accuracy']:.3f}  test {r['final_test_accuracy']:.3f}"
-        )
-    return 0
+    return _overfit.main(NAME, __doc__ + "\n" + _overfit.__doc__, VARIANTS, 301, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=2 examples/train_mnist_ddp.py --device cpu --threads 1
     python examples/train_mnist_ddp.py --quick                          # one process, no torchrun
 
-Every process builds the same model (``build_model()``: our BatchNorm2d and Dropout), converts its
+Every process builds the same model (``_mnist_cnn.build_model()``: our BatchNorm2d and Dropout), converts its
 BatchNorm2d layers with ``SyncBatchNorm.convert_sync_batchnorm`` (batch statistics over the
 global batch, on CPU too, where ``torch.nn.SyncBatchNorm`` refuses) and wraps it in DDP. A
 ``DistributedSampler`` gives each process its share of every epoch; ``--batch-size`` is the
@@ -25,6 +25,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,8 +33,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common
-import train_mnist
+import _book
+import _cli
+import _loaders
+import _results
+from _mnist_cnn import build_model
+from _training import evaluate, train_one_epoch
+from train_mnist import OPTIMIZERS, plot
 
 NAME = "train_mnist_ddp"
 
@@ -54,36 +60,45 @@ def init_distributed(backend: str) -> tuple[int, int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = _common.parser(__doc__.split("\n")[0], NAME)
-    p.add_argument("--epochs", type=int, default=1, help="(default: %(default)s)")
-    p.add_argument("--optimizer", choices=train_mnist.OPTIMIZERS, default="adam",
+    p = _cli.parser(__doc__, NAME)
+    p.add_argument("--epochs", type=_cli.positive_int, default=1, help="(default: %(default)s)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="(default: %(default)s)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=None, help="(default: the book's for the optimizer)")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--lr", type=_cli.nonnegative_float, default=None,
+                   help="(default: the book's for the optimizer)")  # fmt: skip
+    p.add_argument("--batch-size", type=_cli.positive_int, default=64,
                    help="global batch, split over the processes (default: %(default)s)")  # fmt: skip
     p.add_argument("--backend", choices=("nccl", "gloo"), default=None,
                    help="(default: nccl on cuda, gloo on cpu; gloo on cuda lets processes share a GPU)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     started = time.perf_counter()
-
-    from torch_dlbasics.nn.syncbatchnorm import SyncBatchNorm
-
-    device = torch.device(args.device)
+    device = _cli.setup(args)  # same seed everywhere: every rank builds the same model
     backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
     rank, world, local_rank = init_distributed(backend)
+    try:
+        return train(args, argv, device, rank, world, local_rank, started)
+    finally:  # also when a rank fails (bad data folder, ...): the others then fail, not hang
+        dist.destroy_process_group()
+
+
+def train(args: Any, argv: list[str], device: torch.device, rank: int, world: int, local_rank: int,
+          started: float) -> int:  # fmt: skip
+    from torch_dlbasics.nn.syncbatchnorm import SyncBatchNorm
+
     if device.type == "cuda":  # one GPU per process (gloo: processes may share one)
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if args.batch_size % world:
-        sys.exit(f"error: --batch-size {args.batch_size} is not divisible by {world} processes")
+        raise _cli.ExampleError(
+            f"--batch-size {args.batch_size} is not divisible by {world} processes"
+        )
     per_rank_batch = args.batch_size // world
-    _common.setup(args)  # same seed everywhere: every rank builds the same model
 
     # Rank 0 prepares the data first (from the offline mirror if need be), the others then read it.
     if rank != 0:
         dist.barrier()
-    train_loader, test_loader = train_mnist.make_loaders(
+    train_loader, test_loader = _loaders.make_loaders(
         args.data_root, per_rank_batch, quick=args.quick
     )
     if rank == 0:
@@ -93,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     loader = DataLoader(train_loader.dataset, batch_size=per_rank_batch, sampler=sampler)
 
-    model = SyncBatchNorm.convert_sync_batchnorm(train_mnist.build_model()).to(device)
+    model = SyncBatchNorm.convert_sync_batchnorm(build_model()).to(device)
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = train_mnist.make_optimizer(args.optimizer, ddp.parameters(), args.lr)
+    shown = {k.lower(): k for k in _book.OPTIMIZERS}[args.optimizer]
+    lr = _book.OPTIMIZERS[shown]["lr"] if args.lr is None else args.lr
+    optimizer = _book.make_optimizer(shown, ddp.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(sampler) / per_rank_batch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=args.epochs * steps_per_epoch
@@ -106,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        n, _ = train_mnist.train_one_epoch(
+        n, _ = train_one_epoch(
             ddp, loader, optimizer, device, scheduler, losses=losses,
             desc=f"epoch {epoch + 1}/{args.epochs}", progress=rank == 0 and not args.no_progress,
         )  # fmt: skip
@@ -114,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         steps += n
 
     if rank == 0:  # eval: running statistics, no communication, so rank 0 alone (not via DDP)
-        accuracy = train_mnist.evaluate(model, test_loader, device)
+        accuracy = evaluate(model, test_loader, device)
         images = steps * args.batch_size
         results = {
             "launch": f"torchrun --nproc_per_node={world} examples/{NAME}.py {' '.join(argv)}",
@@ -125,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": dist.get_backend(),
             "device": str(device),
             "optimizer": args.optimizer,
-            "lr": args.lr,
+            "lr": lr,
             "global_batch": args.batch_size,
             "epochs": args.epochs,
             "quick": args.quick,
@@ -134,15 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_second": images / max(train_seconds, 1e-9),
             "losses_rank0": losses,
         }
-        title = f"DDP x{world} + SyncBatchNorm, our {args.optimizer}"
-        fig = train_mnist.plot(losses, accuracy, title)
-        _common.write_results(args.out, NAME, results, fig, started, argv)
+        title = f"DDP x{world} + SyncBatchNorm, our {shown}"
+        fig = plot(losses, accuracy, title)
+        _results.write_results(args.out, NAME, results, fig, started, argv)
         print(f"test accuracy: {accuracy:.4f} ({world} processes, {dist.get_backend()}, "
               f"{steps} steps, {train_seconds:.1f} s training)")  # fmt: skip
     dist.barrier()
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

