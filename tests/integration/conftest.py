@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "distributed"))  # _harness
 
-from _harness import check_all_ok, run_workers  # noqa: E402
-from integration_cases import FIVE, FSDP2_CONFIGS, HAS_LIGHTNING, make_batches  # noqa: E402
-from integration_workers import fsdp2_supported, world_checks  # noqa: E402
+from _harness import check_all_ok, run_workers
+from integration_cases import FIVE, FSDP2_CONFIGS, HAS_LIGHTNING, make_batches
+from integration_workers import fsdp2_supported, world_checks
 
 WORLD = 2
 
@@ -43,4 +43,3 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         outcomes = run_workers(world_checks, WORLD, tmp, payload, deadline_s=240.0)
         _WORLD.update(payload=payload, ranks=check_all_ok(outcomes))
     return _WORLD
-

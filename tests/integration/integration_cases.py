@@ -17,6 +17,7 @@ from typing import Any, Optional
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import torch_dlbasics.nn as dlnn
 import torch_dlbasics.optim as dloptim
@@ -75,7 +76,9 @@ def _pairs(weight_decay: float, suffix: str) -> dict[str, Pair]:
         "Momentum" + suffix: _pair("Momentum", "SGD", 0.05, True, momentum=0.9, **wd),
         "Nesterov" + suffix: _pair("Nesterov", "SGD", 0.05, True, momentum=0.9, **wd),
         "AdaGrad" + suffix: _pair("AdaGrad", "Adagrad", 0.05, eps=1e-10, **wd),
-        "Adam" + suffix: _pair("Adam", "Adam", 0.01, eps=1e-8, eps_after_bias_correction=True, **wd),
+        "Adam" + suffix: _pair(
+            "Adam", "Adam", 0.01, eps=1e-8, eps_after_bias_correction=True, **wd
+        ),
     }
 
 
@@ -133,6 +136,13 @@ def make_batches(
          torch.randint(0, CLASSES, (size,), generator=g))
         for _ in range(n)
     ]  # fmt: skip
+
+
+def loader(batches: list[tuple[Tensor, Tensor]]) -> DataLoader:
+    """The batches again, in order (the rows of equal-sized batches, re-batched)."""
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return DataLoader(TensorDataset(x, y), batch_size=len(batches[0][0]), shuffle=False)
 
 
 def loss_fn(out: Tensor, y: Tensor) -> Tensor:
@@ -222,7 +232,7 @@ def assert_ours_matches_torch(
         assert ours[part].keys() == theirs[part].keys(), part
         for name, value in theirs[part].items():
             torch.testing.assert_close(
-                ours[part][name], value, **tol, msg=lambda m, n=name: f"{part} {n}: {m}"
+                ours[part][name], value, **tol, msg=lambda m, n=f"{part} {name}": f"{n}: {m}"
             )
     if "state" in theirs:
         assert ours["state"].keys() == theirs["state"].keys()
@@ -241,7 +251,6 @@ def assert_moved(start: dict[str, Any], end: dict[str, Any]) -> None:
     """Training changed every parameter (a comparison of two untrained models proves nothing)."""
     for name, value in start["params"].items():
         assert not torch.equal(value, end["params"][name]), f"{name} did not move"
-
 
 
 def world_result(world: dict[str, Any], part: str, key: str) -> list[Any]:

@@ -9,7 +9,6 @@ import lightning.pytorch as L
 import torch
 from integration_cases import PAIRS, loss_fn, make_net
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
 
 
 class LitNet(L.LightningModule):
@@ -49,13 +48,6 @@ class LitNet(L.LightningModule):
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.parameters() if p.requires_grad]
         return self.pair.build(self.side, trainable, self.foreach)
-
-
-def loader(batches: list[tuple[Tensor, Tensor]]) -> DataLoader:
-    """The batches again, in order (the rows of equal-sized batches, re-batched)."""
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches])
-    return DataLoader(TensorDataset(x, y), batch_size=len(batches[0][0]), shuffle=False)
 
 
 def trainer(**kw: Any) -> L.Trainer:

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("lightning", reason="the integration extra is not installed")
 
-import torch  # noqa: E402
-from integration_cases import (  # noqa: E402
+import torch
+from integration_cases import (
     F32_STEPS,
     F64_STEPS,
     FIVE,
@@ -24,19 +24,20 @@ from integration_cases import (  # noqa: E402
     assert_moved,
     assert_ours_matches_torch,
     layers,
+    loader,
     make_batches,
     make_net,
     snapshot,
     train_loop,
     world_result,
 )
-from integration_lightning import LitNet, loader, trainer  # noqa: E402
-from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint  # noqa: E402
-from lightning.pytorch.plugins import TorchSyncBatchNorm  # noqa: E402
-from torch import nn  # noqa: E402
+from integration_lightning import LitNet, trainer
+from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
+from lightning.pytorch.plugins import TorchSyncBatchNorm
+from torch import nn
 
-import torch_dlbasics.nn as dlnn  # noqa: E402
-from torch_dlbasics.integrations.lightning import SyncBatchNormPlugin  # noqa: E402
+import torch_dlbasics.nn as dlnn
+from torch_dlbasics.integrations.lightning import SyncBatchNormPlugin
 
 BATCHES = make_batches(3, size=8, seed=3)  # one epoch: 3 steps
 SEED = 100  # Dropout masks: seed + global step
