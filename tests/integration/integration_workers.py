@@ -222,7 +222,8 @@ def lightning_case(rank: int, world: int, name: str, batches: list) -> dict[str,
     """``Trainer(strategy="ddp", plugins=[SyncBatchNormPlugin()])`` in this already started
     world (Lightning sees ``LOCAL_RANK`` and the process group and starts nothing itself),
     each rank fed its half of every global batch."""
-    from integration_lightning import LitNet, loader, trainer
+    from integration_cases import loader
+    from integration_lightning import LitNet, trainer
 
     from torch_dlbasics.integrations.lightning import SyncBatchNormPlugin
 
