@@ -207,11 +207,27 @@ def test_finetuning_freeze_treats_our_batchnorm_as_torch(train_bn: bool) -> None
     torch.testing.assert_close(nets["ours"][1].running_mean, nets["torch"][1].running_mean)
 
 
+def torch_adagrad_steps_added_groups() -> bool:
+    """torch 2.4's Adagrad makes its state in ``__init__`` only: a group added later fails in
+    ``step`` with ``KeyError: 'sum'`` (later versions create it at the first step)."""
+    w, extra = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adagrad([w])
+    opt.add_param_group({"params": [extra]})
+    extra.grad = torch.ones(1)
+    try:
+        opt.step()
+    except KeyError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("name", FIVE)
 def test_finetuning_fit_with_ours_equals_torch(name: str) -> None:
     """A ``BaseFinetuning`` callback freezing the features (BatchNorm trainable), then adding
     them to the optimizer as a new param group: ours equals torch's, every parameter and
     state entry."""
+    if name == "AdaGrad" and not torch_adagrad_steps_added_groups():
+        pytest.skip("this torch's Adagrad cannot step a param group added after __init__")
     runs = {}
     for side in ("ours", "torch"):
         lit = fit(LitNet(name, side), epochs=3, callbacks=[FreezeFeatures()])
