@@ -186,7 +186,7 @@ def zero_case(rank: int, world: int, name: str, side: str, batches: list) -> dic
     twin.load_state_dict(model.state_dict())
     twin_ddp = DDP(twin)
     zero2 = ZeroRedundancyOptimizer(twin_ddp.parameters(), optimizer_class=opt_class, **kw)
-    zero2.load_state_dict(_through_a_file(saved))
+    zero2.load_state_dict(_through_a_file(saved))  # ZeRO writes into the dict it loads
     for m, o in ((zero_ddp, zero), (twin_ddp, zero2), (ddp, plain)):
         sharded_steps(m, o, [last], rank, world)
     return {

@@ -40,7 +40,10 @@ from torch_dlbasics.nn.syncbatchnorm import SyncBatchNorm
 
 __all__ = ["SyncBatchNormPlugin"]
 
-_LAYER_SYNC_MODULES = ("lightning.pytorch.plugins.layer_sync", "pytorch_lightning.plugins.layer_sync")
+_LAYER_SYNC_MODULES = (
+    "lightning.pytorch.plugins.layer_sync",
+    "pytorch_lightning.plugins.layer_sync",
+)
 
 
 class SyncBatchNormPlugin:
