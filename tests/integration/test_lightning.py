@@ -150,6 +150,8 @@ def test_sync_batchnorm_plugin_apply_and_revert() -> None:
     for bn, old in zip(synced, (ours1, torch1, ours2)):
         assert old.running_var is bn.running_var and old.running_var.dtype == torch.float64
         assert old.weight is bn.weight and not old.training
+    alone = dlnn.BatchNorm2d(2)  # the model itself a BatchNorm
+    assert plugin.revert(plugin.apply(alone)) is alone
 
 
 @pytest.mark.parametrize("name", FIVE)
