@@ -23,8 +23,9 @@ Every function here is bookkeeping around the book's formula (§6.3.1), which li
   and ``torch.export`` need no data-dependent Python float). The new values are computed first
   and copied in after, so a failure (e.g. under ``torch.vmap``) leaves the buffers as they were.
 
-No function here writes into a tensor that it did not create, except :func:`update_running_stats`
-into the buffers, so the Functions built on them work under ``torch.vmap`` and batched gradients.
+No function here accumulates into a tensor in place or writes a tensor it did not create
+(except :func:`update_running_stats`, into the buffers), so the Functions built on them work
+under ``torch.vmap`` and batched gradients.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def mean_var(xv: Tensor) -> tuple[Tensor, Tensor]:
     shift = _chunked_sum([channel_sum(xv[rows] - pivot) for rows in chunks])
     mean = pivot.reshape(-1) + shift / m
     mean_b = per_channel(mean, xv)
-    m2 = _chunked_sum([channel_sum((xv[rows] - mean_b).square_()) for rows in chunks])
+    m2 = _chunked_sum([channel_sum(_square(xv[rows] - mean_b)) for rows in chunks])
     return mean, m2 / m
 
 
@@ -140,14 +141,40 @@ def dout_sums(dyv: Tensor, xv: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel ``sum(dout)`` and ``sum(dout * (x - mean))`` of channel views, in chunks.
 
     Centring before the product keeps ``sum(dout * xc)`` free of the cancellation that
-    ``sum(dout * x) - mean * sum(dout)`` suffers for a large mean. The product is out of place:
-    under batched gradients ``dout`` is batched while ``x`` is not.
+    ``sum(dout * x) - mean * sum(dout)`` suffers for a large mean.
     """
     mean_b = per_channel(mean, xv)
     chunks = row_chunks(xv)
     total = _chunked_sum([channel_sum(dyv[rows]) for rows in chunks])
-    total_xc = _chunked_sum([channel_sum((xv[rows] - mean_b) * dyv[rows]) for rows in chunks])
+    total_xc = _chunked_sum([channel_sum(_mul(xv[rows] - mean_b, dyv[rows])) for rows in chunks])
     return total, total_xc
+
+
+def _mul(fresh: Tensor, other: Tensor) -> Tensor:
+    """``fresh * other``, into ``fresh`` (a temporary of ours) when it can hold the product.
+
+    It cannot under batched gradients (``is_grads_batched``, ``torch.func``), where ``other``
+    is batched and ``fresh`` is not: torch.vmap then refuses the write (before writing
+    anything), and the product is made out of place.
+    """
+    try:
+        return fresh.mul_(other)
+    except RuntimeError:
+        return fresh * other
+
+
+def _square(fresh: Tensor) -> Tensor:
+    """``fresh**2`` into ``fresh`` (``mul_``: ``square_`` has no batching rule for torch.vmap)."""
+    return fresh.mul_(fresh)
+
+
+def addcmul_fresh(fresh: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
+    """``fresh + t1 * t2``, into ``fresh`` (a temporary of ours) outside ``torch.func``
+    transforms; inside them out of place (``addcmul_`` has no batching rule, and its fallback
+    loops over the batch with a warning)."""
+    if torch._C._are_functorch_transforms_active():
+        return torch.addcmul(fresh, t1, t2)
+    return fresh.addcmul_(t1, t2)
 
 
 def momentum_factor(momentum: Optional[float], num_batches_tracked: Tensor) -> Union[float, Tensor]:

@@ -277,7 +277,7 @@ def _dx(
     # dx = dxc - dmu / M = dxc_dout * dout + dxc_xc * (x - mean) - dmu / M
     const = -(dxc_xc * mean + dmu * inv_m)
     dx = torch.addcmul(bs.broadcastable(const, x), dout, bs.broadcastable(dxc_dout, x))
-    return dx.addcmul_(x, bs.broadcastable(dxc_xc, x))
+    return bs.addcmul_fresh(dx, x, bs.broadcastable(dxc_xc, x))
 
 
 def batch_norm(
@@ -423,7 +423,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def _no_torchscript(module: nn.Module) -> str:
     return (
-        f"torch.jit.script cannot compile {type(module).__module__}.{type(module).__name__}: its "
+        f"torch.jit.script cannot compile {type(module).__name__} (torch_dlbasics): its "
         "forward and backward are a Python torch.autograd.Function, which TorchScript (in "
         "maintenance mode) does not support. Use torch.compile(model) to compile the model, or "
         "torch.export.export(model, args) to export it as a graph."

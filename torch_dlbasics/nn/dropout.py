@@ -174,12 +174,14 @@ def dropout(
     if p == 0.0 or input.numel() == 0:
         return input
     if p == 1.0:
+        if not (input.is_floating_point() or input.is_complex()):  # all zeros, as torch's
+            return input.zero_() if inplace else torch.zeros_like(input)
         keep = torch.zeros_like(input, dtype=torch.bool)
         scale = 0.0 if inverted else 1.0
     else:
+        _check_scalable(input, 1.0 - p)  # torch refuses a mask on integers (the book's form too)
         bits = _mask_bits(p)
         scale = 1.0 / _keep_probability(p, bits) if inverted else 1.0
-        _check_scalable(input, scale)
         keep = _keep_mask(input, p, bits)
     function = _DropoutFunction if torch.compiler.is_compiling() else _DropoutFunctionJvp
     return function.apply(input, keep, scale, inplace)
@@ -205,6 +207,9 @@ class Dropout(nn.Dropout):
         self.inverted = inverted
 
     def forward(self, input: Tensor) -> Tensor:
+        if has_torch_function_unary(input):  # torch.fx tracing: the layer as one call, which
+            # reads self.training when it runs (not the mode at tracing time)
+            return handle_torch_function(type(self).forward, (input,), self, input)
         return dropout(input, self.p, self.training, self.inplace, inverted=self.inverted)
 
     def extra_repr(self) -> str:
