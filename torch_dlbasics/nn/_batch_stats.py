@@ -172,8 +172,8 @@ def addcmul_fresh(fresh: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
     """``fresh + t1 * t2``, into ``fresh`` (a temporary of ours) outside ``torch.func``
     transforms; inside them out of place (``addcmul_`` has no batching rule, and its fallback
     loops over the batch with a warning)."""
-    if torch._C._are_functorch_transforms_active():
-        return torch.addcmul(fresh, t1, t2)
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return torch.addcmul(fresh, t1, t2)  # (dynamo cannot trace the query on torch 2.4)
     return fresh.addcmul_(t1, t2)
 
 
@@ -201,14 +201,15 @@ def update_running_stats(
 
     ``count`` is the number of values per channel (``> 1`` in training, checked before); an empty
     batch (``count == 0``) leaves the buffers alone. The new values are computed first, then
-    copied in: a failure leaves both buffers as they were.
+    copied in (rounded to the buffers' dtype once): a failure leaves both buffers as they were.
     """
     if count == 0:
         return
     with torch.no_grad():
         batch_var = var * (count / (count - 1)) if unbiased else var
-        new_mean = running_mean * (1 - factor) + mean.to(running_mean.dtype) * factor
-        new_var = running_var * (1 - factor) + batch_var.to(running_var.dtype) * factor
+        # in the statistics' dtype (float32 for float16/bfloat16 buffers), rounded once
+        new_mean = running_mean.to(mean.dtype) * (1 - factor) + mean * factor
+        new_var = running_var.to(var.dtype) * (1 - factor) + batch_var * factor
         try:
             running_mean.copy_(new_mean)
         except RuntimeError as e:  # batched statistics into unbatched buffers: nothing written
