@@ -98,8 +98,8 @@ def broadcastable(t: Tensor, x: Tensor) -> Tensor:
     return t.view((-1,) + (1,) * (x.dim() - 2))
 
 
-def row_chunks(v: Tensor) -> list[slice]:
-    """Slices of ``v``'s rows, about :data:`CHUNK_ELEMENTS` values each (at least one row).
+def row_chunks(v: Tensor, elements: int = CHUNK_ELEMENTS) -> list[slice]:
+    """Slices of ``v``'s rows, about ``elements`` values each (at least one row).
 
     Under ``torch.compile``, one slice of all rows: the compiler fuses the centring into the
     reduction itself, and a loop over a symbolic batch size breaks dynamo's tracing of the
@@ -107,7 +107,7 @@ def row_chunks(v: Tensor) -> list[slice]:
     """
     if torch.compiler.is_compiling() or v.shape[0] == 0:
         return [slice(None)]
-    step = max(1, CHUNK_ELEMENTS // max(1, math.prod(v.shape[1:])))
+    step = max(1, elements // max(1, math.prod(v.shape[1:])))
     return [slice(i, i + step) for i in range(0, v.shape[0], step)]
 
 
@@ -129,11 +129,11 @@ def mean_var(xv: Tensor) -> tuple[Tensor, Tensor]:
     if m == 0:
         return xv.new_zeros(xv.shape[1]), xv.new_zeros(xv.shape[1])
     pivot = per_channel(xv[0] if xv.dim() == 2 else xv[0, :, 0], xv)
-    chunks = row_chunks(xv)
-    shift = _chunked_sum([channel_sum(xv[rows] - pivot) for rows in chunks])
+    # (smaller chunks for the pivot's pass, which only sums its chunk: they stay in L2)
+    shift = _chunked_sum([channel_sum(xv[rows] - pivot) for rows in row_chunks(xv, 1 << 18)])
     mean = pivot.reshape(-1) + shift / m
     mean_b = per_channel(mean, xv)
-    m2 = _chunked_sum([channel_sum(_square(xv[rows] - mean_b)) for rows in chunks])
+    m2 = _chunked_sum([channel_sum(_square(xv[rows] - mean_b)) for rows in row_chunks(xv)])
     return mean, m2 / m
 
 
@@ -208,8 +208,10 @@ def update_running_stats(
     with torch.no_grad():
         batch_var = var * (count / (count - 1)) if unbiased else var
         # in the statistics' dtype (float32 for float16/bfloat16 buffers), rounded once
-        new_mean = running_mean.to(mean.dtype) * (1 - factor) + mean * factor
-        new_var = running_var.to(var.dtype) * (1 - factor) + batch_var * factor
+        if isinstance(factor, Tensor):
+            factor = factor.to(mean.dtype)
+        new_mean = torch.lerp(running_mean.to(mean.dtype), mean, factor)  # (1 - f) r + f m
+        new_var = torch.lerp(running_var.to(var.dtype), batch_var, factor)
         try:
             running_mean.copy_(new_mean)
         except RuntimeError as e:  # batched statistics into unbatched buffers: nothing written

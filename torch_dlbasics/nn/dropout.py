@@ -16,8 +16,8 @@ of it): same expectation, eval identity, p=0 identity, p=1 all zeros, integer in
 torch's words. The masks themselves differ from torch's (another sampling method), so outputs
 agree in distribution, not element by element.
 
-The mask: ``b`` random bits per element from torch's generator (``torch.randint``; ``b = 32``,
-or 64 where ``1 - p < 2**-9``), kept where the word, read as a signed ``b``-bit integer ``u``,
+The mask: ``b`` random bits per element from torch's generator (``torch.randint``; ``b = 16``
+where that gives ``1 - p`` exactly, as for ``p = 0.5``; else 32, or 64 where ``1 - p < 2**-9``), kept where the word, read as a signed ``b``-bit integer ``u``,
 satisfies ``u >= round(p * 2**b) - 2**(b-1)``. The keep probability is ``q = 1 - round(p * 2**b) /
 2**b``, within ``2**-24`` of ``1 - p`` relative (at worst ``2**-12``, for ``p`` within ``2**-41`` of
 1), and the kept values are scaled by ``1 / q``, the probability actually used. The mask is
@@ -51,11 +51,14 @@ from torch_dlbasics.nn._batch_stats import channel_innermost, dtype_name
 
 __all__ = ["Dropout", "dropout"]
 
-_WORDS = {32: torch.int32, 64: torch.int64}
+_WORDS = {16: torch.int16, 32: torch.int32, 64: torch.int64}
 
 
 def _mask_bits(p: float) -> int:
-    """32, or 64 where 32 bits leave the keep probability more than 2^-24 (relative) off ``1 - p``."""
+    """16 where they give exactly ``1 - p`` (``p`` a multiple of 2^-16: 0.5, 0.25, ...), else 32,
+    or 64 where 32 bits leave the keep probability more than 2^-24 (relative) off ``1 - p``."""
+    if (p * 2**16).is_integer():
+        return 16
     return 32 if (1.0 - p) * 2**32 >= 2**23 else 64
 
 
@@ -71,6 +74,9 @@ def _keep_probability(p: float, bits: int) -> float:
 
 def _random_words(n: int, bits: int, device: torch.device) -> Tensor:
     """``n`` uniformly distributed signed ``bits``-bit words from torch's generator."""
+    if bits == 16:  # both halves of uniform 32-bit draws
+        draws = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device)
+        return draws.view(torch.int16)[:n]
     if bits == 32:  # both halves of 64-bit draws: randint over 2**64 - 1 values is uniform to
         # 2**-64 (one value twice as likely, one never drawn), far below float64's resolution
         draws = torch.randint(
