@@ -417,9 +417,10 @@ def test_torch_export(request, info, index, training) -> None:
     program = torch.export.export(copy.deepcopy(ours), (x,)).module()
     for k, xk in enumerate(batches(x, 2)):
         assert_same(program(xk), ours(xk), torch.float64, f"export step {k}")
-        assert_same(
-            dict(program.named_buffers()), dict(ours.named_buffers()), torch.float64, "buffers"
-        )
+        kept = dict(program.named_buffers())  # (torch 2.4 keeps only the buffers it uses)
+        assert ours.running_mean is None or {"running_mean", "running_var"} <= kept.keys()
+        theirs_kept = {k: v for k, v in ours.named_buffers() if k in kept}
+        assert_same(kept, theirs_kept, torch.float64, "buffers")
     if torch_error is not None:
         unsupported(request, f"torch's own class cannot be exported here ({torch_error}); ours can")
     passed(request)

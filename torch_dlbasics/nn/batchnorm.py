@@ -328,8 +328,13 @@ def batch_norm(
     bs.check_channels(
         x.shape[1], running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
-    function = _BatchNormFunction if torch.compiler.is_compiling() else _BatchNormFunctionJvp
-    y, mean, var = function.apply(x, weight, bias, running_mean, running_var, training, eps)
+    args = (x, weight, bias, running_mean, running_var, training, eps)
+    if not torch.compiler.is_compiling():
+        y, mean, var = _BatchNormFunctionJvp.apply(*args)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:3]):
+        y, mean, var = _BatchNormFunction.apply(*args)  # (dynamo refuses a jvp)
+    else:  # nothing to differentiate: the forward itself (torch 2.4's dynamo fails to trace
+        y, mean, var = _BatchNormFunction.forward(*args)  # a Function called without grads)
     if training and running_mean is not None and running_var is not None:
         bs.update_running_stats(
             running_mean, running_var, mean, var, momentum, bs.values_per_channel(x),

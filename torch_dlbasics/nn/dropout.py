@@ -57,7 +57,7 @@ _WORDS = {16: torch.int16, 32: torch.int32, 64: torch.int64}
 def _mask_bits(p: float) -> int:
     """16 where they give exactly ``1 - p`` (``p`` a multiple of 2^-16: 0.5, 0.25, ...), else 32,
     or 64 where 32 bits leave the keep probability more than 2^-24 (relative) off ``1 - p``."""
-    if (p * 2**16).is_integer():
+    if round(p * 2**16) == p * 2**16:
         return 16
     return 32 if (1.0 - p) * 2**32 >= 2**23 else 64
 
@@ -74,6 +74,10 @@ def _keep_probability(p: float, bits: int) -> float:
 
 def _random_words(n: int, bits: int, device: torch.device) -> Tensor:
     """``n`` uniformly distributed signed ``bits``-bit words from torch's generator."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        # torch.vmap (torch 2.4 has no batching rule for a dtype view): one draw per word
+        high = 2 ** (bits - 1) - (1 if bits == 64 else 0)  # (int64's range as below)
+        return torch.randint(-(2 ** (bits - 1)), high, (n,), dtype=_WORDS[bits], device=device)
     if bits == 16:  # both halves of uniform 32-bit draws
         draws = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device)
         return draws.view(torch.int16)[:n]
@@ -189,8 +193,12 @@ def dropout(
         bits = _mask_bits(p)
         scale = 1.0 / _keep_probability(p, bits) if inverted else 1.0
         keep = _keep_mask(input, p, bits)
-    function = _DropoutFunction if torch.compiler.is_compiling() else _DropoutFunctionJvp
-    return function.apply(input, keep, scale, inplace)
+    if not torch.compiler.is_compiling():
+        return _DropoutFunctionJvp.apply(input, keep, scale, inplace)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _DropoutFunction.apply(input, keep, scale, inplace)  # (dynamo refuses a jvp)
+    # nothing to differentiate: the forward itself (torch 2.4's dynamo fails to trace a
+    return _DropoutFunction.forward(input, keep, scale, inplace)  # Function called without grads)
 
 
 class Dropout(nn.Dropout):
