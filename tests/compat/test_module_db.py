@@ -86,6 +86,7 @@ CASES = _cases()
 
 
 def sample(info: Any, index: int, dtype: torch.dtype = torch.float64, **kw: Any) -> Any:
+    torch.manual_seed(index)  # torch's make_tensor draws from the global generator
     return samples(info, dtype, **kw)[index]
 
 
@@ -373,7 +374,17 @@ def test_reduced_precision(request, info, index, training, dtype) -> None:
         unsupported(
             request, f"torch's own class has no {dtype} CPU kernel for a {dtype} module ({e})"
         )
-    assert_same(step(ours, ours, x, 7), want, dtype, "module in dtype")
+    got = step(ours, ours, x, 7)
+    # Both rounded to the dtype: each no farther from the float64 step than the other, give or
+    # take 2 ulp of the scale (ours computes in float32 inside; torch's kernels may not).
+    m64 = pair(info, s, torch.float64, training)[0]
+    ref64 = step(m64, m64, x.double(), 7)
+    for name in ("out", "dx"):
+        if got[name] is None or not got[name].numel():
+            continue
+        err = [float((r[name].double() - ref64[name]).abs().max()) for r in (got, want)]
+        slack = 2 * torch.finfo(dtype).eps * float(ref64[name].abs().max())
+        assert err[0] <= err[1] + slack, (name, err, slack)
     passed(request)
 
 
