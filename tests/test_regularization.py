@@ -64,3 +64,19 @@ def test_param_groups_and_errors():
         l2_penalty(net, -1)
     with pytest.raises(ValueError, match="Invalid weight_decay value: -1"):
         param_groups_weight_decay(net, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_weights_accumulate_in_float32(dtype):
+    """A float16 Linear(1000, 1000) of ones at wd 1e-4: the sum of squares (1e6) overflows
+    float16, the penalty (50) does not; squares are summed in float32 as torch's reductions
+    accumulate them, and the result comes back in the weights' dtype."""
+    net = nn.Linear(1000, 1000).to(dtype)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    penalty = l2_penalty(net, 1e-4)
+    assert penalty.dtype == dtype
+    assert penalty.item() == pytest.approx(50.0, rel=torch.finfo(dtype).eps)
+    penalty.backward()
+    torch.testing.assert_close(net.weight.grad, torch.full_like(net.weight, 1e-4))
+    assert net.bias.grad is None

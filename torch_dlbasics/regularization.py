@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -37,13 +39,24 @@ def _check_weight_decay(weight_decay: float) -> None:
 
 
 def l2_penalty(module: nn.Module, weight_decay: float) -> Tensor:
-    """``0.5 * weight_decay * sum(W**2)`` over the parameters of ``module`` with ``ndim >= 2``."""
+    """``0.5 * weight_decay * sum(W**2)`` over the parameters of ``module`` with ``ndim >= 2``.
+
+    Float16/bfloat16 weights are squared and summed in float32, as torch's reductions accumulate
+    them, and the result is returned in the weights' dtype after the scaling by ``weight_decay``
+    (a sum of squares that overflows float16 may still give a representable penalty).
+    """
     _check_weight_decay(weight_decay)
     weights = [p for p in module.parameters() if p.ndim >= 2]
     if not weights:
         return torch.zeros(())
-    total = sum(torch.dot(w.reshape(-1), w.reshape(-1)) for w in weights)
-    return 0.5 * weight_decay * total
+    total = sum(torch.dot(v, v) for v in (_accumulable(w).reshape(-1) for w in weights))
+    dtype = functools.reduce(torch.promote_types, (w.dtype for w in weights))
+    return (0.5 * weight_decay * total).to(dtype)  # type: ignore[union-attr]
+
+
+def _accumulable(w: Tensor) -> Tensor:
+    """``w`` in a dtype that can accumulate its squares: float32 for float16/bfloat16."""
+    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
 
 
 def param_groups_weight_decay(module: nn.Module, weight_decay: float) -> list[dict]:

@@ -74,6 +74,7 @@ def syncbn_checks(rank: int, world: int, device: torch.device, cases: list[dict[
         results["one_value_error"] = None
     except ValueError as e:
         results["one_value_error"] = str(e)
+    results["one_value_buffers"] = {k: v.cpu() for k, v in bn.named_buffers()}  # untouched?
     # process_group: a group of one behaves exactly as our BatchNorm (no communication);
     # in 3 processes, ranks 0 and 2 synchronize among themselves while rank 1 stays out.
     singles = [dist.new_group([r]) for r in range(world)]  # every rank creates every group

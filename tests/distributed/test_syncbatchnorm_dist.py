@@ -217,6 +217,15 @@ def test_one_value_per_channel_overall_raises_on_every_rank(world: dict[str, Any
         )
 
 
+def test_refused_global_batch_changes_no_buffer_on_any_rank(world: dict[str, Any]) -> None:
+    """The global one-value refusal comes after the all_gather, yet before anything moved."""
+    for res in world["ranks"]:
+        bufs = res["syncbn"]["one_value_buffers"]
+        assert int(bufs["num_batches_tracked"]) == 0
+        assert torch.equal(bufs["running_mean"], torch.zeros(3, dtype=torch.float64))
+        assert torch.equal(bufs["running_var"], torch.ones(3, dtype=torch.float64))
+
+
 def test_cpu_tensors_work_where_torch_syncbatchnorm_refuses(world2: dict[str, Any]) -> None:
     full = torch.cat([r["syncbn"]["ours_vs_torch_input"] for r in world2["ranks"]])
     ref = BatchNorm1d(3, dtype=torch.float64)(full)

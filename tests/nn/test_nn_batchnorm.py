@@ -446,8 +446,11 @@ def test_eps():
     ):
         bn(torch.randn(4, 3))
     assert bn.eval()(torch.randn(4, 3)).shape == (4, 3)  # eps=0 allowed in eval, as torch
+    bn = BatchNorm1d(3, eps=-1.0)  # refused where torch refuses it: at forward, not here
+    with pytest.raises(ValueError, match=r"batch_norm eps must be positive during training"):
+        bn(torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"batch_norm eps must be non-negative, but got -1\.0"):
-        BatchNorm1d(3, eps=-1.0)
+        bn.eval()(torch.randn(4, 3))
     with pytest.raises(RuntimeError, match="running_mean must be defined in evaluation mode"):
         functional.batch_norm(torch.randn(4, 3), None, None, training=False)
 

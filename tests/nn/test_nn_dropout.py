@@ -39,9 +39,11 @@ def test_keep_rate_and_mean_preserved(p, device):
 
 @pytest.mark.parametrize("p", [0.0, 1e-6, 0.1, 1 / 3, 0.5, 0.75, 0.999])
 def test_mask_resolution_is_2_to_minus_16(p):
-    """Over all 2^16 values of the bits, the kept fraction is 1 - round(p * 2^16) / 2^16."""
+    """Over all 2^16 values of the bits, the kept fraction is 1 - round(p * 2^16) / 2^16 (the
+    threshold rule at 16 bits, where it can be checked exhaustively; for p not a multiple of
+    2^-16 masks use 32 or 64)."""
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
-    kept = int((bits >= _drop_threshold(p)).sum())
+    kept = int((bits >= _drop_threshold(p, 16)).sum())
     assert kept == 2**16 - round(p * 2**16)
     assert abs(kept / 2**16 - (1 - p)) <= 2**-17
 

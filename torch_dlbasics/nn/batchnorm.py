@@ -1,25 +1,53 @@
-r"""Batch Normalization (Ioffe & Szegedy, 2015) with a hand-written backward.
+r"""Batch Normalization (§6.3.1, Ioffe & Szegedy 2015) with a hand-written backward.
 
-Forward, per channel ``c`` over the ``M = N * prod(spatial)`` values of a batch:
-
-.. math::
-    \mu = \frac{1}{M}\sum_i x_i, \qquad
-    \sigma^2 = \frac{1}{M}\sum_i (x_i - \mu)^2, \qquad
-    \hat x_i = \frac{x_i - \mu}{\sqrt{\sigma^2 + \epsilon}}, \qquad
-    y_i = \gamma \hat x_i + \beta
-
-Backward, the book's chain (``dbeta, dgamma, dxn, dstd, dvar, dxc, dmu``) folded per channel so
-that it reads the data twice (one reduction pass for ``sum(dout)`` and ``sum(dout * x)``, one
-elementwise pass for ``dx = k * dout + a * x + c``):
+Forward, per channel over the ``M = N * prod(spatial)`` values of a batch (the book's
+``BatchNormalization.__forward``):
 
 .. math::
-    d\beta = \sum_i dy_i, \quad d\gamma = \sum_i dy_i \hat x_i, \quad
-    dx_i = \frac{\gamma}{\sigma}\Big(dy_i - \frac{d\beta}{M} - \hat x_i \frac{d\gamma}{M}\Big)
+    \mu = \frac{1}{M}\sum_i x_i, \quad x_c = x - \mu, \quad
+    \sigma^2 = \frac{1}{M}\sum_i x_{c,i}^2, \quad \mathrm{std} = \sqrt{\sigma^2 + \epsilon}, \quad
+    x_n = \frac{x_c}{\mathrm{std}}, \quad y = \gamma x_n + \beta
+
+and in evaluation (§6.3.2) ``running_mean`` and ``running_var`` take the place of ``mu`` and
+``var``. The output is computed in one elementwise pass, ``y = x * scale + shift`` with the
+per-channel ``scale = gamma / std`` and ``shift = beta - mu * scale`` (as torch's kernels do).
+
+Backward: the book's ``BatchNormalization.__backward``, line for line,
+
+.. code-block:: python
+
+    dbeta = dout.sum(axis=0)
+    dgamma = np.sum(xn * dout, axis=0)
+    dxn = gamma * dout
+    dxc = dxn / std
+    dstd = -np.sum((dxn * xc) / (std * std), axis=0)
+    dvar = 0.5 * dstd / std
+    dxc += (2.0 / M) * xc * dvar
+    dmu = np.sum(dxc, axis=0)
+    dx = dxc - dmu / M
+
+:func:`_dx` keeps these names. Only ``dout``, ``xc`` and ``dx`` are full-size; every other
+quantity is a per-channel vector once the two sums are known, ``dbeta = sum(dout)`` and
+``sum(dout * xc)`` (one reading pass, :func:`~torch_dlbasics.nn._batch_stats.dout_sums`):
+
+.. math::
+    d\gamma = \frac{\sum dout \cdot x_c}{\mathrm{std}}, \quad
+    d\mathrm{std} = -\frac{\gamma\, d\gamma}{\mathrm{std}}, \quad
+    d\mathrm{var} = \frac{d\mathrm{std}}{2\,\mathrm{std}}, \quad
+    d\mu = \sum dxc = \frac{\gamma\, d\beta}{\mathrm{std}}\ \ (\textstyle\sum x_c = 0)
+
+    dx = \underbrace{\frac{\gamma}{\mathrm{std}}}_{dxc/dout} dout
+       + \underbrace{\frac{2\, d\mathrm{var}}{M}}_{dxc/x_c} x_c - \frac{d\mu}{M}
+
+so ``dx`` takes one more elementwise pass over ``dout`` and ``x``, and no ``xn``, ``dxn`` or
+``dxc`` is ever stored: the folding changes the order of the sums, not the result. In eval the
+statistics are constants: ``dx = dxc = gamma * dout / std``.
 
 Equivalent torch call: ``torch.nn.BatchNorm1d/2d/3d`` with the same arguments (``book=False``):
-same parameters, buffers and ``state_dict`` keys, biased variance to normalise and unbiased
-variance in ``running_var``, ``momentum=None`` for a cumulative average. Outputs, gradients and
-buffers agree with the built-in to rounding.
+our classes *are* torch's classes (subclasses), with the same parameters, buffers,
+``state_dict`` keys and methods, whose forward and backward are the Function below. Biased
+variance to normalise, unbiased in ``running_var``, ``momentum=None`` for a cumulative average.
+Outputs, gradients and buffers agree with the built-in to rounding.
 
 Differences from the book's ``BatchNormalization`` (``book=True`` restores the ones that change
 numbers; ``eps`` and ``momentum`` are plain arguments):
@@ -34,16 +62,14 @@ numbers; ``eps`` and ``momentum`` are plain arguments):
   ``BatchNorm1d(C*H*W)`` applied to ``x.flatten(1)``. torch (``book=False``) uses one statistic
   per channel, shared over the spatial positions.
 
-Implementation notes: statistics are taken over an ``(N, C, S)`` view (spatial innermost) or
-an ``(M, C)`` matrix (2D input, or channels_last: channel innermost), not with ``var_mean`` over
-dims ``(0, 2, 3)`` (slow on CPU): a first pass sums, a second sums ``(x - mean)**2`` a few rows
-at a time so the centred chunk stays in cache. Two centred passes, as torch's kernels make, so
-a mean large against the spread loses no precision. Float16/bfloat16 inputs are computed in
-float32 (statistics, ``running_*`` updates and ``dx``), as the built-in. Only the input,
+Implementation notes: float16/bfloat16 inputs are computed in float32; only the input,
 ``weight`` and the per-channel mean and inverse standard deviation are saved for backward (no
-normalised copy). For double backward (``create_graph=True``) the backward recomputes the batch
-statistics from the input with differentiable ops, so that gradients of gradients see their
-dependence on the input.
+normalised copy); for double backward (``create_graph=True``) the backward recomputes the batch
+statistics from the input with differentiable ops. The layout, statistics, checks and the
+running-statistics update are shared with SyncBatchNorm (``_batch_stats.py``). The Function has
+a ``jvp`` (forward mode, ``torch.func.jacfwd``) and ``generate_vmap_rule`` (``torch.vmap``,
+batched gradients); ``torch.jit.script`` is refused with a pointer to ``torch.compile`` /
+``torch.export``.
 
 Example::
 
@@ -53,6 +79,8 @@ Example::
     >>> y = bn(torch.randn(4, 3, 5, 5))
     >>> y.shape, int(bn.num_batches_tracked)
     (torch.Size([4, 3, 5, 5]), 1)
+    >>> isinstance(bn, torch.nn.BatchNorm2d)
+    True
     >>> ref = torch.nn.BatchNorm2d(3)
     >>> ref.load_state_dict(bn.state_dict())
     <All keys matched successfully>
@@ -60,118 +88,32 @@ Example::
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar, Optional
+import inspect
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import (
+    handle_torch_function,
+    has_torch_function_unary,
+    has_torch_function_variadic,
+)
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "_BatchNorm", "batch_norm"]
+from torch_dlbasics.nn import _batch_stats as bs
 
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm"]
 
-_CHUNK_ELEMENTS = 1 << 20  # about 4 MB of float32: a centred chunk stays in cache
-
-
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics of float16/bfloat16 inputs are kept in float32, as the built-in does."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    if x.dim() == 4:
-        return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    if x.dim() == 5:
-        return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-    return False
-
-
-def _channel_view(t: Tensor, channels_last: bool) -> Tensor:
-    """``t`` as a matrix ``(M, C)`` (2D input, or channels_last: channel innermost) or as
-    ``(N, C, S)`` (spatial innermost), without a copy when ``t`` already has that layout."""
-    if t.dim() == 2:
-        return t
-    n, c, spatial = t.shape[0], t.shape[1], math.prod(t.shape[2:])
-    if channels_last:
-        return t.movedim(1, -1).reshape(n * spatial, c)
-    return t.reshape(n, c, spatial)
-
-
-def _reduce_dims(v: Tensor) -> tuple[int, ...]:
-    """The dims of a :func:`_channel_view` that hold one channel's values."""
-    return (0,) if v.dim() == 2 else (0, 2)
-
-
-def _channel_sum(v: Tensor) -> Tensor:
-    """Per-channel sum ``(C,)`` of a :func:`_channel_view`.
-
-    ``(N, C, S)`` is summed over S, then over N: on CPU two single-dim reductions are about
-    1.6x faster than one ``sum((0, 2))`` (64x64x56x56 float32: 1.2 ms against 2.0 ms).
-    """
-    return v.sum(0) if v.dim() == 2 else v.sum(2).sum(0)
-
-
-def _per_channel(t: Tensor, v: Tensor) -> Tensor:
-    """A per-channel vector ``(C,)`` shaped to broadcast against the view ``v``."""
-    return t if v.dim() == 2 else t.view(1, -1, 1)
-
-
-def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
-    """Shape a per-channel vector ``(C,)`` as ``(C, 1, ...)`` to broadcast against ``x``."""
-    return t.view((-1,) + (1,) * (x.dim() - 2))
-
-
-def _row_chunks(v: Tensor) -> list[slice]:
-    """Slices of ``v``'s rows, about ``_CHUNK_ELEMENTS`` values each (at least one row).
-
-    Under ``torch.compile``, one slice of all rows: the compiler fuses the centring into the
-    reduction itself, and a loop over a symbolic batch size breaks dynamo's tracing of the
-    Function in torch 2.11 (dynamic shapes).
-    """
-    if torch.compiler.is_compiling():
-        return [slice(None)]
-    step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(v.shape[1:])))
-    return [slice(i, i + step) for i in range(0, v.shape[0], step)]
-
-
-def _batch_stats(xv: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of a :func:`_channel_view`, in two passes.
-
-    The first pass sums; the second sums ``(x - mean)**2`` a few rows at a time, so the
-    centred chunk stays in cache instead of costing a full-size temporary. Every square is
-    centred, so nothing cancels when the mean is large against the spread (``sum(x**2) / M -
-    mean**2`` would).
-    """
-    c = xv.shape[1]
-    m = xv.numel() // c
-    if m == 0:
-        zeros = xv.new_zeros(c)
-        return zeros, zeros.clone()
-    mean = _channel_sum(xv) / m
-    mean_b = _per_channel(mean, xv)
-    m2 = xv.new_zeros(c)
-    for rows in _row_chunks(xv):
-        m2 += _channel_sum((xv[rows] - mean_b).square_())
-    return mean, m2 / m
-
-
-def _dy_sums(dyv: Tensor, xv: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``, a few rows at a time (cache).
-
-    Centring before the product keeps ``sum(dy * xc)`` free of the cancellation that
-    ``sum(dy * x) - mean * sum(dy)`` suffers for a large mean.
-    """
-    mean_b = _per_channel(mean, xv)
-    dbeta, dout_xc = mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
-    for rows in _row_chunks(xv):
-        dyc = dyv[rows]
-        dbeta += _channel_sum(dyc)
-        dout_xc += _channel_sum((xv[rows] - mean_b).mul_(dyc))
-    return dbeta, dout_xc
+_TORCH_HAS_BIAS_FLAG = (
+    "bias" in inspect.signature(nn.modules.batchnorm._NormBase.__init__).parameters
+)
+"""torch >= 2.5's BatchNorm takes a keyword-only ``bias``; on older torch we drop it ourselves."""
 
 
 class _BatchNormFunction(torch.autograd.Function):
     """``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel; outputs ``(y, mean, var)``
     where ``mean, var`` are the statistics used (batch or running), not differentiable."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
@@ -183,24 +125,14 @@ class _BatchNormFunction(torch.autograd.Function):
         training: bool,
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        acc = _accumulate_dtype(x.dtype)
+        acc = bs.stat_dtype(x.dtype)
         xa = x if x.dtype == acc else x.to(acc)
         if training:
-            cl = _is_channels_last(x)
-            mean, var = _batch_stats(_channel_view(xa, cl))
+            mean, var = bs.mean_var(bs.channel_view(xa, bs.channel_innermost(x)))
         else:
             mean = running_mean.to(acc, copy=True)  # type: ignore[union-attr]
             var = running_var.to(acc, copy=True)  # type: ignore[union-attr]
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight.to(acc)
-        shift = (
-            -mean * scale if bias is None else torch.addcmul(bias.to(acc), mean, scale, value=-1)
-        )
-        # One elementwise pass in x's own shape and memory format (the output is not a view).
-        y = torch.addcmul(_broadcastable(shift, x), xa, _broadcastable(scale, x))
-        # No ``.to`` when the dtype already fits: torch 2.11's dynamo then hands the backward a
-        # zero ``dout`` under torch.compile (seen with torch 2.11.0; 2.4.1 and 2.14.1 are fine).
-        return (y if y.dtype == x.dtype else y.to(x.dtype)), mean, var
+        return _normalize(x, xa, mean, torch.rsqrt(var + eps), weight, bias), mean, var
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -209,60 +141,143 @@ class _BatchNormFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(mean, var)
         ctx.training = training
         ctx.eps = eps
-        ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps))
+        saved = (x, weight, mean, torch.rsqrt(var + eps))
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(
         ctx: Any, dout: Tensor, _dmean: Optional[Tensor], _dvar: Optional[Tensor]
     ) -> tuple[Optional[Tensor], ...]:
-        x, weight, mean, invstd = ctx.saved_tensors
-        acc = _accumulate_dtype(x.dtype)
+        x, gamma, mean, invstd = ctx.saved_tensors
+        acc = bs.stat_dtype(x.dtype)
         xa = x if x.dtype == acc else x.to(acc)
         dy = dout if dout.dtype == acc else dout.to(acc)
-        cl = _is_channels_last(x)
-        xv, dyv = _channel_view(xa, cl), _channel_view(dy, cl)
-        dims = _reduce_dims(xv)
-        m = x.numel() // x.shape[1]
-        inv_m = 1.0 / m if m > 0 else 0.0  # an empty batch has an empty dx
+        m = bs.values_per_channel(x)
         if ctx.training and torch.is_grad_enabled() and m > 0:
             # Double backward: mean and std are functions of x, so recompute them on the graph.
-            var, mean = torch.var_mean(xv, dims, correction=0)
+            xv = bs.channel_view(xa, bs.channel_innermost(x))
+            var, mean = torch.var_mean(xv, (0,) if xv.dim() == 2 else (0, 2), correction=0)
             invstd = torch.rsqrt(var + ctx.eps)
-        gamma = torch.ones_like(invstd) if weight is None else weight.to(acc)
-
-        dbeta, dout_xc = _dy_sums(dyv, xv, mean)  # sum(dout), sum(dout * xc)
-        dgamma = dout_xc * invstd  # sum(dout * xn)
+        need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
+        dbeta = dgamma = None
+        if need_dweight or need_dbias or (need_dx and ctx.training):
+            dbeta, dgamma = _weight_grads(dy, xa, mean, invstd, bs.channel_innermost(x))
         dx = None
-        if ctx.needs_input_grad[0]:
-            k = gamma * invstd  # dxn = gamma * dout;  dxc = dxn / std  (+ the dvar term)
-            if ctx.training:
-                dstd = -gamma * dgamma * invstd  # -sum(dxn * xc) / std**2
-                dvar = 0.5 * dstd * invstd  # 0.5 * dstd / std
-                dxc_x = 2.0 * inv_m * dvar  # dxc += (2 / M) * xc * dvar
-                dmu = k * dbeta  # sum(dxc), as sum(xc) = 0
-                c = -(dxc_x * mean + dmu * inv_m)  # dx = dxc - dmu / M
-                dx = torch.addcmul(_broadcastable(c, x), dy, _broadcastable(k, x))
-                dx = dx.addcmul_(xa, _broadcastable(dxc_x, x))
-            else:
-                dx = dy * _broadcastable(k, x)
-            dx = dx.to(x.dtype)
-        dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        dbias = (
-            dbeta.to(weight.dtype if weight is not None else acc)
-            if ctx.needs_input_grad[2]
-            else None
-        )
+        if need_dx:
+            dx = _dx(dy, xa, mean, invstd, gamma, dbeta, dgamma, m, ctx.training).to(x.dtype)
+        dweight = dgamma.to(gamma.dtype) if need_dweight else None  # type: ignore[union-attr]
+        dbias = dbeta.to(acc if gamma is None else gamma.dtype) if need_dbias else None  # type: ignore[union-attr]
         return dx, dweight, dbias, None, None, None, None
 
 
-def _verify_batch_size(size: torch.Size) -> None:
-    size_prods = size[0]
-    for s in size[2:]:
-        size_prods *= s
-    if size_prods == 1:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {size}"
-        )
+class _BatchNormFunctionJvp(_BatchNormFunction):
+    """:class:`_BatchNormFunction` with forward mode (``torch.func.jacfwd``, ``forward_ad``),
+    used in eager mode: dynamo refuses a Function that defines ``jvp``, so compiled code takes
+    the plain one."""
+
+    @staticmethod
+    def jvp(
+        ctx: Any,
+        dx: Optional[Tensor],
+        dweight: Optional[Tensor],
+        dbias: Optional[Tensor],
+        *_: Any,
+    ) -> tuple[Optional[Tensor], None, None]:
+        """Forward mode: with ``xn = (x - mu) / std``, ``y = gamma * xn + beta`` moves by
+        ``gamma * dxn + dgamma * xn + dbeta`` where, in training, ``dxn = (dx - mean(dx) -
+        xn * mean(xn * dx)) / std`` (the statistics move with ``x``); in eval ``dxn = dx / std``."""
+        x, gamma, mean, invstd = ctx.saved_tensors
+        acc = bs.stat_dtype(x.dtype)
+        xa = x if x.dtype == acc else x.to(acc)
+        k = invstd if gamma is None else gamma.to(acc) * invstd  # d y / d x at fixed statistics
+        slope = torch.zeros_like(invstd) if dweight is None else dweight.to(acc) * invstd
+        offset = torch.zeros_like(invstd) if dbias is None else dbias.to(acc)
+        dy = None
+        if dx is not None:
+            dxa = dx if dx.dtype == acc else dx.to(acc)
+            if ctx.training:
+                inner = bs.channel_innermost(x)
+                dsum, dxc_sum = bs.dout_sums(
+                    bs.channel_view(dxa, inner), bs.channel_view(xa, inner), mean
+                )
+                m = bs.values_per_channel(x)
+                slope = slope - k * invstd * invstd * dxc_sum / m
+                offset = offset - k * dsum / m
+            dy = dxa * bs.broadcastable(k, x)
+        # y moves by k * dx + slope * (x - mean) + offset
+        affine = (xa - bs.broadcastable(mean, x)) * bs.broadcastable(slope, x)
+        affine = affine + bs.broadcastable(offset, x)
+        dy = affine if dy is None else dy + affine
+        return dy.to(x.dtype), None, None
+
+
+def _normalize(
+    x: Tensor,
+    xa: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+) -> Tensor:
+    """``y = gamma * xn + beta`` with ``xn = (x - mean) / std``, as one elementwise pass over
+    ``xa`` (``x`` in the statistics' dtype): ``y = xa * scale + shift`` per channel, in ``x``'s
+    shape, memory format and dtype."""
+    acc = xa.dtype
+    scale = invstd if weight is None else invstd * weight.to(acc)  # gamma / std
+    shift = -mean * scale if bias is None else torch.addcmul(bias.to(acc), mean, scale, value=-1)
+    y = torch.addcmul(bs.broadcastable(shift, x), xa, bs.broadcastable(scale, x))
+    # No ``.to`` when the dtype already fits: torch 2.11's dynamo then hands the backward a
+    # zero ``dout`` under torch.compile (seen with torch 2.11.0; 2.4.1 and 2.14.1 are fine).
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _weight_grads(
+    dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, channels_inner: bool
+) -> tuple[Tensor, Tensor]:
+    """The book's first two lines, per channel: ``dbeta = sum(dout)``, ``dgamma = sum(xn * dout)``
+    (as ``sum(dout * xc) / std``: no ``xn`` is stored)."""
+    dbeta, dout_xc = bs.dout_sums(
+        bs.channel_view(dy, channels_inner), bs.channel_view(x, channels_inner), mean
+    )
+    dgamma = dout_xc * invstd
+    return dbeta, dgamma
+
+
+def _dx(
+    dout: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    gamma: Optional[Tensor],
+    dbeta: Optional[Tensor],
+    dgamma: Optional[Tensor],
+    m: int,
+    training: bool,
+) -> Tensor:
+    """The book's lines from ``dxn`` to ``dx`` (§6.3.1), folded per channel (module docstring).
+
+    ``dbeta`` and ``dgamma`` are the sums over the batch that normalised ``x`` (SyncBatchNorm
+    passes the sums over all processes), ``m`` its number of values per channel.
+    """
+    g = torch.ones_like(invstd) if gamma is None else gamma.to(invstd.dtype)
+    # dxn = gamma * dout;  dxc = dxn / std           (coefficient of dout in dxc)
+    dxc_dout = g * invstd
+    if not training:  # the statistics are constants: dx = dxc
+        return dout * bs.broadcastable(dxc_dout, x)
+    inv_m = 1.0 / m if m > 0 else 0.0  # an empty batch has an empty dx
+    # dstd = -sum(dxn * xc) / std**2 = -gamma * dgamma / std
+    dstd = -g * dgamma * invstd
+    # dvar = 0.5 * dstd / std
+    dvar = 0.5 * dstd * invstd
+    # dxc += (2 / M) * xc * dvar                     (coefficient of xc in dxc)
+    dxc_xc = 2.0 * inv_m * dvar
+    # dmu = sum(dxc) = sum(dxn) / std, as sum(xc) = 0
+    dmu = dxc_dout * dbeta
+    # dx = dxc - dmu / M = dxc_dout * dout + dxc_xc * (x - mean) - dmu / M
+    const = -(dxc_xc * mean + dmu * inv_m)
+    dx = torch.addcmul(bs.broadcastable(const, x), dout, bs.broadcastable(dxc_dout, x))
+    return bs.addcmul_fresh(dx, x, bs.broadcastable(dxc_xc, x))
 
 
 def batch_norm(
@@ -272,7 +287,7 @@ def batch_norm(
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     training: bool = False,
-    momentum: float = 0.1,
+    momentum: Union[float, Tensor] = 0.1,
     eps: float = 1e-5,
     *,
     book: bool = False,
@@ -281,8 +296,10 @@ def batch_norm(
 
     In training the batch statistics normalise the input and, when given, ``running_mean`` and
     ``running_var`` are updated in place under ``no_grad`` (``(1 - momentum) * running +
-    momentum * batch``, unbiased variance). ``book=True`` flattens inputs of more than 2 dims to
-    ``(N, -1)`` (per-activation statistics) and stores the biased variance, as the book does.
+    momentum * batch``, unbiased variance; ``momentum`` may be a 0-dim tensor). ``book=True``
+    flattens inputs of more than 2 dims to ``(N, -1)`` (per-activation statistics) and stores
+    the biased variance, as the book does. Every check runs before anything is computed or
+    written, and errors are torch's, in its words.
 
     Example::
 
@@ -295,57 +312,42 @@ def batch_norm(
         >>> torch.allclose(y, ref)
         True
     """
-    if training:
-        _verify_batch_size(input.size())
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    elif eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if not training and (running_mean is None or running_var is None):
-        raise RuntimeError("running_mean must be defined in evaluation mode")
+    if has_torch_function_variadic(input, running_mean, running_var, weight, bias):
+        return handle_torch_function(
+            batch_norm, (input, running_mean, running_var, weight, bias), input,
+            running_mean, running_var, weight, bias, training, momentum, eps, book=book,
+        )  # fmt: skip
     if input.dim() < 2:
         raise ValueError(f"expected 2D or more input (got {input.dim()}D input)")
     x = input.flatten(1) if book and input.dim() > 2 else input
-    c = x.shape[1]
-    for name, t in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        if t is not None and t.numel() != c:
-            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
-
-    y, mean, var = _BatchNormFunction.apply(
-        x, weight, bias, running_mean, running_var, training, eps
+    if training:
+        bs.check_batch_size(x, input.size())
+    bs.check_eps(eps, training)
+    bs.check_buffers(running_mean, running_var, training)
+    bs.check_floating(input, "batch_norm")
+    bs.check_channels(
+        x.shape[1], running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
-    m = x.numel() // c
-    if training and running_mean is not None and running_var is not None and m > 0:
-        with torch.no_grad():
-            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            batch_var = var if book else var * (m / (m - 1))
-            running_var.mul_(1.0 - momentum).add_(batch_var.to(running_var.dtype), alpha=momentum)
+    args = (x, weight, bias, running_mean, running_var, training, eps)
+    if not torch.compiler.is_compiling():
+        y, mean, var = _BatchNormFunctionJvp.apply(*args)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:3]):
+        y, mean, var = _BatchNormFunction.apply(*args)  # (dynamo refuses a jvp)
+    else:  # nothing to differentiate: the forward itself (torch 2.4's dynamo fails to trace
+        y, mean, var = _BatchNormFunction.forward(*args)  # a Function called without grads)
+    if training and running_mean is not None and running_var is not None:
+        bs.update_running_stats(
+            running_mean, running_var, mean, var, momentum, bs.values_per_channel(x),
+            unbiased=not book,
+        )  # fmt: skip
     return y.view(input.shape) if x is not input else y
 
 
-class _BatchNorm(nn.Module):
-    """Base of BatchNorm1d/2d/3d: torch's constructor, parameters and buffers; see the module
-    docstring for the formula, the torch equivalent and the book's form (``book=True``)."""
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Base of our BatchNorm1d/2d/3d and SyncBatchNorm: torch's ``_BatchNorm`` (constructor,
+    parameters, buffers, ``state_dict``) with our forward. See the module docstring for the
+    formula, the torch equivalent and the book's form (``book=True``)."""
 
-    _version = 2
-    __constants__: ClassVar[list[str]] = [
-        "track_running_stats",
-        "momentum",
-        "eps",
-        "num_features",
-        "affine",
-        "book",
-    ]
-    num_features: int
-    eps: float
-    momentum: Optional[float]
-    affine: bool
-    track_running_stats: bool
     book: bool
 
     def __init__(
@@ -358,131 +360,91 @@ class _BatchNorm(nn.Module):
         device: Any = None,
         dtype: Any = None,
         *,
+        bias: bool = True,
         book: bool = False,
     ) -> None:
-        if eps < 0.0:
-            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.book = book
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
+        self.book = book  # read by reset_running_stats, which torch's constructor calls
+        flag = {"bias": bias} if _TORCH_HAS_BIAS_FLAG else {}
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats,
+            device=device, dtype=dtype, **flag,
+        )  # fmt: skip
+        if affine and not bias and not _TORCH_HAS_BIAS_FLAG:
             self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
-            self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
-            self.register_buffer(
-                "num_batches_tracked",
-                torch.tensor(0, dtype=torch.long, device=device),
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
 
     def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()  # type: ignore[union-attr]
-            if self.book:
-                self.running_var.zero_()  # type: ignore[union-attr]
-            else:
-                self.running_var.fill_(1)  # type: ignore[union-attr]
-            self.num_batches_tracked.zero_()  # type: ignore[union-attr]
+        super().reset_running_stats()
+        if self.track_running_stats and self.book:
+            self.running_var.zero_()  # type: ignore[union-attr]  # the book starts from 0
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        raise NotImplementedError
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        s = (
-            "{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-            "track_running_stats={track_running_stats}"
-        ).format(**self.__dict__)
+        s = super().extra_repr()
+        if self.affine and self.bias is None and "bias=" not in s:  # torch < 2.5 omits it
+            s += ", bias=False"
         return s + (", book=True" if self.book else "")
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
-        version = local_metadata.get("version", None)
-        if (version is None or version < 2) and self.track_running_stats:
-            # Checkpoints from before num_batches_tracked existed (torch's rule).
-            key = prefix + "num_batches_tracked"
-            if key not in state_dict:
-                state_dict[key] = (
-                    self.num_batches_tracked
-                    if self.num_batches_tracked is not None
-                    and self.num_batches_tracked.device != torch.device("meta")
-                    else torch.tensor(0, dtype=torch.long)
-                )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(_no_torchscript(self))
 
     def forward(self, input: Tensor) -> Tensor:
+        if has_torch_function_unary(input):  # torch.fx tracing: the layer as one call
+            return handle_torch_function(type(self).forward, (input,), self, input)
         self._check_input_dim(input)
-        exponential_average_factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+        return self._forward_checked(input)
+
+    def _forward_checked(self, input: Tensor) -> Tensor:
+        """Normalise with batch or running statistics, as torch's ``_BatchNorm.forward``; the
+        counter moves after the step succeeded (a refused input changes nothing)."""
+        track = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        factor = bs.momentum_factor(self.momentum, self.num_batches_tracked) if track else 0.0
         # Batch statistics in training, and in eval when there are no running statistics.
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_buffers = not self.training or self.track_running_stats
-        return batch_norm(
+        y = batch_norm(
             input,
             self.running_mean if use_buffers else None,
             self.running_var if use_buffers else None,
             self.weight,
             self.bias,
             bn_training,
-            exponential_average_factor,
+            factor,
             self.eps,
             book=self.book,
         )
+        if track:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        return y
 
 
-class BatchNorm1d(_BatchNorm):
-    """BatchNorm over ``(N, C)`` or ``(N, C, L)`` input; ``torch.nn.BatchNorm1d``'s equivalent."""
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 2 and input.dim() != 3:
-            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
-
-
-class BatchNorm2d(_BatchNorm):
-    """BatchNorm over ``(N, C, H, W)`` input; ``torch.nn.BatchNorm2d``'s equivalent."""
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 4:
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+def _no_torchscript(module: nn.Module) -> str:
+    return (
+        f"torch.jit.script cannot compile {type(module).__name__} (torch_dlbasics): its "
+        "forward and backward are a Python torch.autograd.Function, which TorchScript (in "
+        "maintenance mode) does not support. Use torch.compile(model) to compile the model, or "
+        "torch.export.export(model, args) to export it as a graph."
+    )
 
 
-class BatchNorm3d(_BatchNorm):
-    """BatchNorm over ``(N, C, D, H, W)`` input; ``torch.nn.BatchNorm3d``'s equivalent."""
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
+    """BatchNorm over ``(N, C)`` or ``(N, C, L)`` input; a ``torch.nn.BatchNorm1d`` whose forward
+    and backward are the book's (module docstring). Arguments as torch's, plus ``book``."""
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 5:
-            raise ValueError(f"expected 5D input (got {input.dim()}D input)")
+
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
+    """BatchNorm over ``(N, C, H, W)`` input; a ``torch.nn.BatchNorm2d`` whose forward and
+    backward are the book's (module docstring). Arguments as torch's, plus ``book``."""
+
+
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
+    """BatchNorm over ``(N, C, D, H, W)`` input; a ``torch.nn.BatchNorm3d`` whose forward and
+    backward are the book's (module docstring). Arguments as torch's, plus ``book``."""
