@@ -14,7 +14,7 @@ from optim_cases import ATOL, DEVICES, RTOL, assert_same_snapshot, make_params, 
 from optim_reference import book_step, init_state
 
 from torch_dlbasics.optim import SGD, AdaGrad, Adam, Momentum, Nesterov
-from torch_dlbasics.optim.convert import use_foreach
+from torch_dlbasics.optim._step import use_foreach
 
 ALL = [SGD, Momentum, Nesterov, AdaGrad, Adam]
 KIND = {SGD: "sgd", Momentum: "momentum", Nesterov: "nesterov", AdaGrad: "adagrad", Adam: "adam"}
@@ -123,7 +123,8 @@ def test_sgd_foreach_none_is_multi_tensor_on_cpu_for_large_tensors() -> None:
         p.grad = torch.ones_like(p)
     opt = SGD(params, lr=0.1, weight_decay=0.5)  # weight decay: the gradient goes via scratch
     opt.step()
-    assert ("views", (torch.device("cpu"), torch.float32, 0)) in opt._scratch  # foreach views
+    views = opt._scratch[("views", (torch.device("cpu"), torch.float32, 0))]  # the foreach path
+    assert list(views) == [(torch.Size([100_000]),) * 3]
     assert all(torch.equal(p, torch.full_like(p, -0.1)) for p in params)
 
 
@@ -457,10 +458,18 @@ def test_complex_matches_torch(cls: type, foreach: bool, device: str) -> None:
                 torch.testing.assert_close(o1.state[a][key], value, rtol=RTOL, atol=ATOL)
 
 
+def _buffers(opt: torch.optim.Optimizer) -> dict:
+    return {
+        k: v for k, v in opt.__dict__.get("_scratch", {}).items() if isinstance(v, torch.Tensor)
+    }
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("cls", [Momentum, AdaGrad, Adam])
 def test_scratch_buffer_is_reused_and_is_not_state(cls: type, foreach: bool) -> None:
-    """The temporaries of a step live in one buffer per (device, dtype, slot) kept across steps."""
+    """The temporaries of a step live in one buffer per (device, dtype, slot) kept across steps:
+    Momentum needs one for the decayed gradient, AdaGrad that and its denominator, Adam one for
+    both (the gradient is dead when the denominator is formed)."""
     params = make_params()
     opt = cls(params, weight_decay=0.1, foreach=foreach)  # weight decay: the gradient slot too
     gen = torch.Generator().manual_seed(0)
@@ -471,21 +480,20 @@ def test_scratch_buffer_is_reused_and_is_not_state(cls: type, foreach: bool) -> 
         opt.step()
 
     step()
-    buffers = {k: v.data_ptr() for k, v in opt._scratch.items() if isinstance(v, torch.Tensor)}
-    assert len(buffers) == (2 if cls is not Momentum else 1)
+    buffers = {k: v.data_ptr() for k, v in _buffers(opt).items()}
+    assert len(buffers) == {Momentum: 1, AdaGrad: 2, Adam: 1}[cls]
     for _ in range(3):
         step()
-    assert buffers == {
-        k: v.data_ptr() for k, v in opt._scratch.items() if isinstance(v, torch.Tensor)
-    }
+    assert buffers == {k: v.data_ptr() for k, v in _buffers(opt).items()}
     assert "_scratch" not in pickle.loads(pickle.dumps(opt)).__dict__
+    assert "_scratch" not in copy.deepcopy(opt).__dict__
     assert all(set(s) <= {"v", "step", "sum", "exp_avg", "exp_avg_sq"} for s in opt.state.values())
 
 
 @pytest.mark.parametrize("cls", [AdaGrad, Adam])
 def test_scratch_views_follow_the_buffer_when_it_grows(cls: type) -> None:
-    """A per-tensor group then a larger multi-tensor group: the buffer grows during the step;
-    every cached view must then be a view of the new buffer (one buffer alive, not two)."""
+    """A per-tensor group then a larger multi-tensor group: the buffer grows to the larger need
+    before the step writes anything; every cached view is a view of the one buffer alive."""
     small = [torch.randn(3, 3, dtype=torch.float64, requires_grad=True)]
     large = [torch.randn(50, dtype=torch.float64, requires_grad=True) for _ in range(4)]
     opt = cls([{"params": small, "foreach": False}, {"params": large, "foreach": True}], lr=0.01)
@@ -493,10 +501,10 @@ def test_scratch_views_follow_the_buffer_when_it_grows(cls: type) -> None:
         for p in small + large:
             p.grad = torch.randn_like(p)
         opt.step()
-    (key,) = [k for k, v in opt._scratch.items() if isinstance(v, torch.Tensor)]
+    (key,) = _buffers(opt)
     buf = opt._scratch[key]
     assert buf.numel() == 200
-    views = list(opt._scratch[("shape views", key)].values()) + opt._scratch[("views", key)][1]
+    views = [v for vs in opt._scratch[("views", key)].values() for v in vs]
     assert len(views) == 5
     for v in views:
         assert v.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()

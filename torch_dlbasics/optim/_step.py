@@ -1,0 +1,456 @@
+"""One optimizer step: closure, gradients, validation, state, path choice, the one dispatch.
+
+Every ``step()`` of the five optimizers is :func:`run_step`. It works in three phases so that a
+failing step changes nothing:
+
+1. **plan** (reads only): collect the parameters that have a gradient, check everything that
+   could fail later (hyperparameter types, sparse gradients, a gradient or a state entry of the
+   wrong shape, dtype or device, what ``fused`` / ``capturable`` / ``differentiable`` require),
+   choose the path and the batches;
+2. **allocate**: create missing state and reserve the scratch buffers (undone if an allocation
+   fails);
+3. **update**: call the optimizer's update function once per batch.
+
+The optimizer class tells the engine, per param group, which update function runs and with
+which keyword arguments (``_update``), which state entries it takes after ``p, g`` (``_state_args``;
+``"step"`` is the step count ``t``), how fresh state looks (``_init_state``) and which scratch
+arguments are worth a kept buffer (``_scratch``). The update function receives
+
+* on the **per-tensor** path: tensors, one parameter at a time;
+* on the **multi-tensor** path: :class:`~._foreach.TensorList` s of one device and dtype
+  (and, here, one step count, so every scalar is a single Python float);
+* on the **fused** path: tensors, inside ``torch.compile`` (see :mod:`._fused`).
+
+The step count ``t`` is a :class:`StepCount` on the eager paths (``t += 1`` advances the state
+tensor and gives the count as a float, so ``beta2 ** t`` is float64 arithmetic on every path),
+the state tensor itself under ``torch.compile`` (no host read in the graph) and with
+``capturable=True`` (counts stay on the device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _fused, _scratch
+from ._foreach import TensorList
+from ._hyperparameters import check_step_values, scalar_value
+
+__all__ = ["FOREACH_MAX_MEAN_NUMEL", "StepCount", "compiling", "run_step", "use_foreach"]
+
+FOREACH_MAX_MEAN_NUMEL = 32768
+"""CPU: ``foreach=None`` takes the multi-tensor path when the mean tensor size is below this."""
+
+try:  # DTensor registers itself here when torch.distributed.tensor is imported
+    from torch.optim.optimizer import _foreach_supported_types as _FOREACH_TYPES
+except ImportError:  # pragma: no cover - older torch
+    _FOREACH_TYPES = [Tensor, torch.nn.Parameter]
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_EMPTY: dict[str, Any] = {}
+
+
+class StepCount:
+    """The step count ``t`` of one tensor, or of a batch of tensors that share it.
+
+    ``t += 1`` adds 1 to the state tensor(s) ``step`` in place and rebinds ``t`` to the new
+    count as a Python float, which the update function then uses in its step-size arithmetic.
+    """
+
+    __slots__ = ("tensors",)
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self.tensors = tensors
+
+    def __iadd__(self, n: int) -> float:
+        if len(self.tensors) == 1:
+            self.tensors[0].add_(n)
+        else:
+            torch._foreach_add_(self.tensors, n)
+        return self.tensors[0].item()
+
+
+def compiling() -> bool:
+    """Whether this code is being traced by ``torch.compile``."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
+def use_foreach(
+    foreach: Optional[bool], params: list[Tensor], max_mean_numel: Optional[float] = None
+) -> bool:
+    """The multi-tensor path or the per-tensor loop; ``foreach=None`` picks by measurement.
+
+    On CUDA the ``torch._foreach_*`` path always wins (one launch per op for many tensors); on
+    CPU it wins where Python's per-tensor overhead dominates, i.e. for many small tensors (mean
+    size below ``max_mean_numel``, default :data:`FOREACH_MAX_MEAN_NUMEL`); for large tensors
+    the loop is faster (each op's output is still in cache for the next). On CPU both paths give
+    bit-identical results in every dtype (tested), so the choice affects speed only. Tensor
+    types that foreach ops do not take (as torch decides) get the loop.
+    """
+    if foreach is not None:
+        return foreach
+    if not params or compiling() or any(type(p) not in _FOREACH_TYPES for p in params):
+        return False
+    if params[0].device.type != "cpu":
+        return True
+    sample = params[:: max(1, len(params) // 64)]  # the mean size from <= 64 evenly spaced tensors
+    limit = FOREACH_MAX_MEAN_NUMEL if max_mean_numel is None else max_mean_numel
+    return sum(map(Tensor.numel, sample)) < limit * len(sample)
+
+
+@dataclass
+class _Batch:
+    """Tensors updated by one call of the update function (or, per-tensor, one call each)."""
+
+    indices: list[int]  # into the plan's params
+    kwargs: dict[str, Any]
+    scratch: list[Optional[int]]  # per scratch argument: the buffer slot, or None (fresh tensor)
+
+
+@dataclass
+class _Plan:
+    group: dict[str, Any]
+    update: Callable[..., None]
+    path: str  # "per-tensor", "lists" or "fused"
+    params: list[Tensor]
+    grads: list[Tensor]
+    fresh: list[bool]
+    state_args: tuple[Optional[str], ...]
+    tensor_steps: bool  # the update gets step tensors, not StepCount
+    batches: list[_Batch] = field(default_factory=list)
+
+
+def run_step(optimizer: Optimizer, closure: Optional[Callable[[], Any]]) -> Any:
+    """``optimizer.step(closure)``: returns the closure's loss (``None`` without a closure)."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    differentiable = bool(optimizer.defaults.get("differentiable", False))
+    with torch.set_grad_enabled(differentiable):
+        plans = []
+        first = 0
+        for group in optimizer.param_groups:
+            plan = _plan(optimizer, group, first)
+            first += len(group["params"])
+            if plan is not None:
+                plans.append(plan)
+        _allocate(optimizer, plans)
+        for plan in plans:
+            _dispatch(optimizer, plan)
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 1: plan and validate (nothing is written).
+# --------------------------------------------------------------------------------------------
+def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_Plan]:
+    name = type(optimizer).__name__
+    params, grads, where = [], [], []
+    for i, p in enumerate(group["params"]):
+        if p.grad is not None:
+            params.append(p)
+            grads.append(p.grad)
+            where.append(first + i)
+    if not params:
+        return None
+    check_step_values(name, group, optimizer._NUMERIC)
+    update, kwargs = optimizer._update(group, False)
+    kwargs_fresh = optimizer._update(group, True)[1]
+    state_args = optimizer._state_args(group)
+    keys = [k for k in state_args if k is not None]
+    is_compiling = compiling()
+    fused = bool(group.get("fused")) and not is_compiling
+    capturable = bool(group.get("capturable")) and not is_compiling
+    differentiable = bool(group.get("differentiable")) and torch.is_grad_enabled()
+    if is_compiling:
+        path = "per-tensor"
+    elif fused:
+        path = "fused"
+    elif capturable or differentiable:
+        path = "lists"
+    else:
+        limit = getattr(optimizer, "_foreach_max_mean_numel", None)  # optional hook
+        limit = limit(group) if limit is not None else None
+        path = "lists" if use_foreach(group.get("foreach"), params, limit) else "per-tensor"
+    if fused:
+        _fused.check_available(params[0].device)
+    step_device = fused or capturable
+
+    fresh = []
+    for p, g, idx in zip(params, grads, where):
+        _check_grad(name, p, g, idx)
+        state = optimizer.state.get(p)
+        fresh.append(not state)
+        if state:
+            _check_state(name, optimizer, p, state, keys, idx, step_device)
+        if fused and not (p.is_floating_point() and p.device.type in _fused.DEVICES):
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of "
+                f"supported devices: {list(_fused.DEVICES)} but {p.dtype} and {p.device.type}"
+            )
+        if capturable:
+            devices = _capturable_devices()
+            step = state.get("step") if state else None
+            if p.device.type not in devices or (step is not None and step.device != p.device):
+                raise AssertionError(
+                    "If capturable=True, params and state_steps must be on supported devices: "
+                    f"{devices}."
+                )
+        if differentiable:
+            if p.is_leaf and p.requires_grad:
+                raise RuntimeError(
+                    "a leaf Variable that requires grad is being used in an in-place operation."
+                )
+            step = state.get("step") if state else None
+            if step is not None and step.requires_grad:
+                raise RuntimeError(
+                    "`requires_grad` is not supported for `step` in differentiable mode"
+                )
+
+    tensor_scalars = capturable or (
+        differentiable
+        and any(isinstance(v, Tensor) and v.requires_grad for v in _flat(kwargs.values()))
+    )
+    plan = _Plan(group, update, path, params, grads, fresh, state_args, tensor_steps=capturable)
+    # Which scratch arguments get a kept buffer (the others get None: a fresh tensor).
+    plain = all(type(p) in _PLAIN_TYPES and type(g) in _PLAIN_TYPES for p, g in zip(params, grads))
+    wanted = optimizer._scratch_slots(group)
+    keep = path != "fused" and not is_compiling and not differentiable and plain
+    slots = [j if (keep and need) else None for j, need in enumerate(wanted)]
+
+    if path == "fused":
+        plan.batches = [_Batch(list(range(len(params))), _fused.scalars(kwargs), slots)]
+    elif path == "per-tensor":  # [0] for state that existed, [1] for state created now
+        convert = _as_tensors if is_compiling else _as_floats
+        everything = list(range(len(params)))
+        plan.batches = [_Batch(everything, convert(kw), slots) for kw in (kwargs, kwargs_fresh)]
+    else:
+        plan.batches = _list_batches(optimizer, plan, kwargs, kwargs_fresh, slots, tensor_scalars)
+    return plan
+
+
+def _list_batches(
+    optimizer: Optimizer,
+    plan: _Plan,
+    kwargs: dict[str, Any],
+    kwargs_fresh: dict[str, Any],
+    slots: list[Optional[int]],
+    tensor_scalars: bool,
+) -> list[_Batch]:
+    """Multi-tensor batches: one device and dtype and, unless the step counts stay tensors, one
+    step count each; state created now apart where the update's arguments differ for it (the
+    first step of SGD's momentum is not dampened)."""
+    params, fresh = plan.params, plan.fresh
+    split_fresh = kwargs != kwargs_fresh
+    counts: list[Optional[float]] = [None] * len(params)
+    if "step" in plan.state_args and not plan.tensor_steps:
+        known = [optimizer.state[p]["step"] for p, f in zip(params, fresh) if not f]
+        values = iter(torch.stack(known).tolist() if known else ())
+        counts = [0.0 if f else next(values) for f in fresh]
+    buckets: dict[Any, list[int]] = {}
+    for i, p in enumerate(params):
+        key = (p.device, p.dtype, fresh[i] and split_fresh, counts[i])
+        buckets.setdefault(key, []).append(i)
+    batches = []
+    for (device, _, is_fresh, _), indices in buckets.items():
+        kw = kwargs_fresh if is_fresh else kwargs
+        kw = _as_tensor_lists(kw, len(indices), device) if tensor_scalars else _as_floats(kw)
+        batches.append(_Batch(indices, kw, slots))
+    return batches
+
+
+def _flat(values: Any) -> list[Any]:
+    out = []
+    for v in values:
+        out.extend(v if isinstance(v, (tuple, list)) else (v,))
+    return out
+
+
+def _as_floats(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Eager paths: tensor hyperparameters read once as Python numbers."""
+    return {k: scalar_value(v) for k, v in kwargs.items()}
+
+
+def _as_tensors(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Under torch.compile: tensor hyperparameters stay tensors (no host read in the graph)."""
+    return {k: v.reshape(()) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+
+
+def _as_tensor_lists(kwargs: dict[str, Any], n: int, device: torch.device) -> dict[str, Any]:
+    """Tensor hyperparameters as one 0-dim tensor per tensor of the batch, on its device."""
+    return {
+        k: TensorList([v.reshape(()).to(device, non_blocking=True)] * n)
+        if isinstance(v, Tensor)
+        else v
+        for k, v in kwargs.items()
+    }
+
+
+def _capturable_devices() -> list[str]:
+    try:
+        from torch.optim.optimizer import _get_capturable_supported_devices
+
+        return list(_get_capturable_supported_devices())
+    except ImportError:  # pragma: no cover - older torch
+        return ["cuda"]
+
+
+def _check_grad(name: str, p: Tensor, g: Tensor, idx: int) -> None:
+    if g.is_sparse:
+        hint = ", please consider SparseAdam instead" if name in ("Adam", "AdamW") else ""
+        raise RuntimeError(f"{name} does not support sparse gradients{hint}; nothing was updated")
+    if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+        raise RuntimeError(
+            f"{name}.step: the gradient of parameter {idx} is {_describe(g)} but the parameter "
+            f"is {_describe(p)}; nothing was updated"
+        )
+
+
+def _check_state(
+    name: str,
+    optimizer: Optimizer,
+    p: Tensor,
+    state: dict[str, Any],
+    keys: list[str],
+    idx: int,
+    step_on_device: bool,
+) -> None:
+    missing = [k for k in keys if k not in state and k not in optimizer._LATE_STATE]
+    if missing:
+        raise RuntimeError(
+            f"{name}.step: the state of parameter {idx} lacks {missing} (it has "
+            f"{sorted(state)}); nothing was updated"
+        )
+    for key in keys:
+        value = state.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Tensor):
+            raise RuntimeError(
+                f"{name}.step: state {key!r} of parameter {idx} is a {type(value).__name__}, "
+                "not a tensor; nothing was updated"
+            )
+        if key == "step":
+            ok = value.dim() == 0 and value.is_floating_point()
+            ok = ok and (value.device == p.device if step_on_device else True)
+            if not ok:
+                where = f" on {p.device}" if step_on_device else ""
+                raise RuntimeError(
+                    f"{name}.step: state 'step' of parameter {idx} is {_describe(value)}, "
+                    f"expected a 0-dim floating point tensor{where}; nothing was updated"
+                )
+        elif value.shape != p.shape or value.dtype != p.dtype or value.device != p.device:
+            raise RuntimeError(
+                f"{name}.step: state {key!r} of parameter {idx} is {_describe(value)} but the "
+                f"parameter is {_describe(p)}; nothing was updated"
+            )
+
+
+def _describe(t: Tensor) -> str:
+    return f"{t.dtype} {tuple(t.shape)} on {t.device}"
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 2: create state, reserve scratch (undone on failure).
+# --------------------------------------------------------------------------------------------
+def _allocate(optimizer: Optimizer, plans: list[_Plan]) -> None:
+    created: list[tuple[Tensor, list[str], bool]] = []
+    try:
+        needs: dict[_scratch.Key, int] = {}
+        for plan in plans:
+            keys = [k for k in plan.state_args if k is not None]
+            for p in plan.params:
+                had = p in optimizer.state
+                missing = [k for k in keys if k not in optimizer.state.get(p, ())]
+                if missing:  # (no entry is made for a parameter without state, as torch)
+                    created.append((p, missing, had))
+                    optimizer._init_state(p, plan.group, optimizer.state[p])
+            for batch in plan.batches:
+                _add_needs(plan, batch, needs)
+        _scratch.reserve(optimizer, needs)
+    except BaseException:
+        for p, missing, had in created:
+            state = optimizer.state[p]
+            for k in missing:
+                state.pop(k, None)
+            if not had and not state:
+                del optimizer.state[p]
+        raise
+
+
+def _add_needs(plan: _Plan, batch: _Batch, needs: dict[_scratch.Key, int]) -> None:
+    """The scratch elements ``batch`` needs, per (device, dtype, slot)."""
+    tensors = [_real(plan.params[i]) for i in batch.indices]
+    for slot in batch.scratch:
+        if slot is None:
+            continue
+        if plan.path == "per-tensor":  # one tensor at a time: the largest of each device, dtype
+            for t in tensors:
+                key = (t.device, t.dtype, slot)
+                needs[key] = max(needs.get(key, 0), t.numel())
+        else:
+            key = (tensors[0].device, tensors[0].dtype, slot)
+            needs[key] = max(needs.get(key, 0), sum(t.numel() for t in tensors))
+
+
+def _real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 3: the update.
+# --------------------------------------------------------------------------------------------
+def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
+    states = [optimizer.state.get(p, _EMPTY) for p in plan.params]  # makes no entries
+    if plan.path == "fused":
+        _fused.run(plan.update, plan.params, plan.grads, states, plan.state_args, plan.batches[0])
+        return
+    if plan.path == "per-tensor":
+        _per_tensor(optimizer, plan, states)
+        return
+    for batch in plan.batches:
+        idx = batch.indices
+        p = TensorList(_real(plan.params[i]) for i in idx)
+        g = TensorList(_real(plan.grads[i]) for i in idx)
+        args: list[Any] = [p, g]
+        for key in plan.state_args:
+            if key is None:
+                args.append(None)
+            elif key == "step":
+                steps = [states[i]["step"] for i in idx]
+                args.append(TensorList(steps) if plan.tensor_steps else StepCount(steps))
+            else:
+                args.append(TensorList(_real(states[i][key]) for i in idx))
+        for slot in batch.scratch:
+            key = (p[0].device, p[0].dtype, slot)
+            args.append(None if slot is None else TensorList(_scratch.views(optimizer, key, p)))
+        plan.update(*args, **batch.kwargs)
+
+
+def _per_tensor(optimizer: Optimizer, plan: _Plan, states: list[dict[str, Any]]) -> None:
+    update, state_args = plan.update, plan.state_args
+    raw_steps = compiling()
+    old, new = plan.batches
+    for p, g, state, fresh in zip(plan.params, plan.grads, states, plan.fresh):
+        batch = new if fresh else old
+        p, g = _real(p), _real(g)
+        args: list[Any] = [p, g]
+        for key in state_args:
+            if key is None:
+                args.append(None)
+            elif key == "step":
+                args.append(state["step"] if raw_steps else StepCount([state["step"]]))
+            else:
+                args.append(_real(state[key]))
+        for slot in batch.scratch:
+            if slot is None:
+                args.append(None)
+            else:
+                args.extend(_scratch.views(optimizer, (p.device, p.dtype, slot), [p]))
+        update(*args, **batch.kwargs)
