@@ -4,7 +4,8 @@ Each update function is written once against the Tensor API (``m.lerp_(g, 1 - be
 ``torch.sqrt(v, out=s)``, ``p.addcdiv_(m, s, value=-lr_t)``). Called with tensors it updates one
 tensor; called with :class:`TensorList` arguments the same lines update every tensor of a list
 (one device and dtype), each line one ``torch._foreach_*`` call. On CPU a foreach op runs the
-per-tensor kernel on each tensor, so both paths give bit-identical results (tested per dtype).
+per-tensor kernel on each tensor, so both paths give bit-identical results (tested per dtype;
+one op needs help for that, see :meth:`TensorList.mul_`).
 
 Scalars given to a ``TensorList`` method are Python numbers (one value for the whole list) or
 a ``TensorList`` of 0-dim tensors, one per tensor: the step counts of ``capturable=True`` (kept
@@ -25,7 +26,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-__all__ = ["TensorList"]
+__all__ = ["GradList", "TensorList", "tensor_alpha_dispatches"]
 
 Scalar = Union[float, "TensorList"]
 
@@ -51,6 +52,10 @@ class TensorList(list):
         return self
 
     def mul_(self, other: Scalar) -> TensorList:
+        if not isinstance(other, list) and _rounds_scalars(self):
+            # CPU's foreach mul rounds a number to a 16-bit dtype first (0.9 -> 0.8999 in
+            # float16); as a float64 0-dim tensor it is used in full, as Tensor.mul_ uses it.
+            other = torch.tensor(other, dtype=torch.float64)
         with _plain():
             torch._foreach_mul_(self, other)
         return self
@@ -78,6 +83,11 @@ class TensorList(list):
                 torch._foreach_addcdiv_(self, torch._foreach_mul(t1, value), t2)
             else:
                 torch._foreach_addcdiv_(self, t1, t2, value)
+        return self
+
+    def clamp_min_(self, other: TensorList) -> TensorList:
+        with _plain():  # max(self, other): the foreach op torch's AMSGrad uses (DTensor has it)
+            torch._foreach_maximum_(self, other)
         return self
 
     def sqrt_(self) -> TensorList:
@@ -138,8 +148,80 @@ class TensorList(list):
         return handler(out, *args, **kwargs)
 
 
+class GradList(TensorList):
+    """The differentiable path (``differentiable=True``): the same methods, out of place.
+
+    Each in-place method computes its result with ordinary (per-tensor, differentiable) ops and
+    rebinds the list's elements, so no tensor that autograd saved for the backward is ever
+    written; torch's own differentiable steps clone for the same reason. The engine hands the
+    update function copies of the parameters, then writes the results back into the state and,
+    with one ``copy_``, into the parameters. Scalars may be tensors that require grad
+    (``lr``, ``betas``, ``weight_decay``): they enter the graph.
+    """
+
+    __slots__ = ()
+
+    def _set(self, values: Any) -> GradList:
+        self[:] = list(values)
+        return self
+
+    def add_(self, other: Any, *, alpha: Scalar = 1) -> GradList:
+        if not isinstance(other, list):
+            return self._set(x + other for x in self)
+        return self._set(_add_scaled(x, o, a) for x, o, a in zip(self, other, _each(alpha, self)))
+
+    def mul_(self, other: Scalar) -> GradList:
+        return self._set(x * o for x, o in zip(self, _each(other, self)))
+
+    def lerp_(self, end: TensorList, weight: Scalar) -> GradList:
+        return self._set(x.lerp(e, w) for x, e, w in zip(self, end, _each(weight, self)))
+
+    def addcmul_(self, t1: TensorList, t2: TensorList, *, value: Scalar = 1) -> GradList:
+        return self._set(
+            x + a * b * v if isinstance(v, torch.Tensor) else x.addcmul(a, b, value=v)
+            for x, a, b, v in zip(self, t1, t2, _each(value, self))
+        )
+
+    def addcdiv_(self, t1: TensorList, t2: TensorList, *, value: Scalar = 1) -> GradList:
+        return self._set(
+            x + a / b * v if isinstance(v, torch.Tensor) else x.addcdiv(a, b, value=v)
+            for x, a, b, v in zip(self, t1, t2, _each(value, self))
+        )
+
+    def clamp_min_(self, other: TensorList) -> GradList:
+        return self._set(x.clamp_min(o) for x, o in zip(self, other))
+
+    def sqrt_(self) -> GradList:
+        return self._set(x.sqrt() for x in self)
+
+    def neg_(self) -> GradList:
+        return self._set(-x for x in self)
+
+
+def _each(scalar: Scalar, like: list) -> list:
+    """One scalar per tensor: a per-tensor list as it is, a number repeated."""
+    return scalar if isinstance(scalar, list) else [scalar] * len(like)
+
+
+def _add_scaled(x: torch.Tensor, o: torch.Tensor, a: Any) -> torch.Tensor:
+    return x + o * a if isinstance(a, torch.Tensor) else x.add(o, alpha=a)
+
+
 _plain = torch._C.DisableTorchFunctionSubclass
 """Inside: the foreach ops see TensorLists as plain lists of tensors."""
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _rounds_scalars(tensors: TensorList) -> bool:
+    """Plain 16-bit CPU tensors, where ``torch._foreach_mul_(tensors, number)`` would round."""
+    t = tensors[0] if tensors else None
+    return (
+        t is not None
+        and t.dtype in _REDUCED
+        and t.device.type == "cpu"
+        and type(t) in (torch.Tensor, torch.nn.Parameter)
+    )
 
 
 def _new(op: Callable, *args: Any) -> TensorList:
@@ -156,18 +238,24 @@ def _into(out: TensorList, x: TensorList) -> TensorList:
 
 
 def _sqrt(out: Optional[TensorList], x: TensorList) -> TensorList:
+    if isinstance(x, GradList):
+        return GradList(t.sqrt() for t in x)
     if out is None:
         return _new(torch._foreach_sqrt, x)
     return _into(out, x).sqrt_()
 
 
 def _neg(out: Optional[TensorList], x: TensorList) -> TensorList:
+    if isinstance(x, GradList):
+        return GradList(-t for t in x)
     if out is None:
         return _new(torch._foreach_neg, x)
     return _into(out, x).neg_()
 
 
 def _add(out: Optional[TensorList], x: TensorList, y: TensorList, *, alpha: Scalar = 1) -> Any:
+    if isinstance(x, GradList) or isinstance(y, GradList):
+        return GradList(_add_scaled(a, b, c) for a, b, c in zip(x, y, _each(alpha, x)))
     if out is None:
         if isinstance(alpha, TensorList):
             return _new(torch._foreach_add, x, _new(torch._foreach_mul, y, alpha))
@@ -176,18 +264,24 @@ def _add(out: Optional[TensorList], x: TensorList, y: TensorList, *, alpha: Scal
     return _into(out, x).add_(y, alpha=alpha)
 
 
-def _maximum(out: Optional[TensorList], x: TensorList, y: TensorList) -> TensorList:
-    if out is None:
-        return _new(torch._foreach_maximum, x, y)
-    out = _into(out, x)
-    with _plain():
-        torch._foreach_maximum_(out, y)
-    return out
-
-
 _FUNCTIONS: dict[Callable, Callable] = {
     torch.sqrt: _sqrt,
     torch.neg: _neg,
     torch.add: _add,
-    torch.maximum: _maximum,
 }
+
+
+_ALPHA_DISPATCHES: list[bool] = []
+
+
+def tensor_alpha_dispatches() -> bool:
+    """Whether ``torch.add(a, b, alpha=<TensorList>)`` reaches ``__torch_function__`` (newer
+    torch) instead of failing in the argument parser (torch 2.4): checked once."""
+    if not _ALPHA_DISPATCHES:
+        x = torch.zeros(1)
+        try:
+            torch.add(GradList([x]), GradList([x]), alpha=TensorList([torch.ones(())]))
+            _ALPHA_DISPATCHES.append(True)
+        except TypeError:
+            _ALPHA_DISPATCHES.append(False)
+    return _ALPHA_DISPATCHES[0]

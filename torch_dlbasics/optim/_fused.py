@@ -88,22 +88,28 @@ def run(
 ) -> None:
     """One compiled call updating every parameter of the group."""
     columns = [None if key is None else [state[key] for state in states] for key in state_args]
-    _compiled(update)(params, grads, columns, len(batch.scratch), batch.kwargs)
+    is_step = [key == "step" for key in state_args]
+    _compiled(update)(params, grads, columns, is_step, len(batch.scratch), batch.kwargs)
 
 
 def _compiled(update: Callable[..., None]) -> Callable[..., None]:
     fn = _COMPILED.get(update)
     if fn is None:
+        from ._step import StepCount
 
         def apply(
             params: list[Tensor],
             grads: list[Tensor],
             columns: list[Optional[list[Tensor]]],
+            is_step: list[bool],
             n_scratch: int,
             kwargs: dict[str, Any],
         ) -> None:
             for i in range(len(params)):
-                state = [None if c is None else c[i] for c in columns]
+                state = [
+                    None if c is None else StepCount([c[i]]) if step else c[i]
+                    for c, step in zip(columns, is_step)
+                ]
                 update(params[i], grads[i], *state, *([None] * n_scratch), **kwargs)
 
         # A code object of its own: dynamo keeps its compile cache per code object.

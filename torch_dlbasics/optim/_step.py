@@ -21,10 +21,10 @@ arguments are worth a kept buffer (``_scratch``). The update function receives
   (and, here, one step count, so every scalar is a single Python float);
 * on the **fused** path: tensors, inside ``torch.compile`` (see :mod:`._fused`).
 
-The step count ``t`` is a :class:`StepCount` on the eager paths (``t += 1`` advances the state
-tensor and gives the count as a float, so ``beta2 ** t`` is float64 arithmetic on every path),
-the state tensor itself under ``torch.compile`` (no host read in the graph) and with
-``capturable=True`` (counts stay on the device).
+The step count ``t`` is a :class:`StepCount` (``t += 1`` advances the state tensor and gives
+the count as a float, or a float64 tensor under ``torch.compile``, so ``beta2 ** t`` is float64
+arithmetic on every path), except with ``capturable=True``: the state tensors themselves, as a
+``TensorList`` (counts stay on the device, nothing is read back).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _fused, _scratch
-from ._foreach import TensorList
+from ._foreach import GradList, TensorList, tensor_alpha_dispatches
 from ._hyperparameters import check_step_values, scalar_value
 
 __all__ = ["FOREACH_MAX_MEAN_NUMEL", "StepCount", "compiling", "run_step", "use_foreach"]
@@ -58,7 +58,9 @@ class StepCount:
     """The step count ``t`` of one tensor, or of a batch of tensors that share it.
 
     ``t += 1`` adds 1 to the state tensor(s) ``step`` in place and rebinds ``t`` to the new
-    count as a Python float, which the update function then uses in its step-size arithmetic.
+    count as a Python float (under ``torch.compile``: a float64 0-dim tensor), which the update
+    function then uses in its step-size arithmetic: float64 on every path, whatever the dtype of
+    the state tensor (float32, as torch's).
     """
 
     __slots__ = ("tensors",)
@@ -66,11 +68,13 @@ class StepCount:
     def __init__(self, tensors: list[Tensor]) -> None:
         self.tensors = tensors
 
-    def __iadd__(self, n: int) -> float:
+    def __iadd__(self, n: int) -> Any:
         if len(self.tensors) == 1:
             self.tensors[0].add_(n)
         else:
             torch._foreach_add_(self.tensors, n)
+        if compiling():  # no host read inside a graph: a float64 0-dim tensor instead
+            return self.tensors[0].to(torch.float64)
         return self.tensors[0].item()
 
 
@@ -90,14 +94,15 @@ def use_foreach(
     size below ``max_mean_numel``, default :data:`FOREACH_MAX_MEAN_NUMEL`); for large tensors
     the loop is faster (each op's output is still in cache for the next). On CPU both paths give
     bit-identical results in every dtype (tested), so the choice affects speed only. Tensor
-    types that foreach ops do not take (as torch decides) get the loop.
+    types that foreach ops do not take (as torch decides) get the loop, tensor subclasses they
+    take (FSDP2's DTensor) the multi-tensor path.
     """
     if foreach is not None:
         return foreach
     if not params or compiling() or any(type(p) not in _FOREACH_TYPES for p in params):
         return False
-    if params[0].device.type != "cpu":
-        return True
+    if params[0].device.type != "cpu" or any(type(p) not in _PLAIN_TYPES for p in params):
+        return True  # (DTensor: the foreach ops are the ones its sharding rules cover best)
     sample = params[:: max(1, len(params) // 64)]  # the mean size from <= 64 evenly spaced tensors
     limit = FOREACH_MAX_MEAN_NUMEL if max_mean_numel is None else max_mean_numel
     return sum(map(Tensor.numel, sample)) < limit * len(sample)
@@ -116,7 +121,7 @@ class _Batch:
 class _Plan:
     group: dict[str, Any]
     update: Callable[..., None]
-    path: str  # "per-tensor", "lists" or "fused"
+    path: str  # "per-tensor", "lists", "one-by-one", "grad" (differentiable) or "fused"
     params: list[Tensor]
     grads: list[Tensor]
     fresh: list[bool]
@@ -172,12 +177,16 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
         path = "per-tensor"
     elif fused:
         path = "fused"
-    elif capturable or differentiable:
+    elif differentiable:
+        path = "grad"
+    elif capturable:
         path = "lists"
     else:
         limit = getattr(optimizer, "_foreach_max_mean_numel", None)  # optional hook
         limit = limit(group) if limit is not None else None
         path = "lists" if use_foreach(group.get("foreach"), params, limit) else "per-tensor"
+        if path == "per-tensor" and any(type(p) not in _PLAIN_TYPES for p in params):
+            path = "one-by-one"  # subclasses: one tensor at a time, through the foreach ops
     if fused:
         _fused.check_available(params[0].device)
     step_device = fused or capturable
@@ -213,10 +222,15 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
                     "`requires_grad` is not supported for `step` in differentiable mode"
                 )
 
-    tensor_scalars = capturable or (
-        differentiable
-        and any(isinstance(v, Tensor) and v.requires_grad for v in _flat(kwargs.values()))
-    )
+    needs_grad = [k for k, v in kwargs.items() if any(_requires_grad(x) for x in _flat([v]))]
+    tensor_scalars = capturable or (differentiable and bool(needs_grad))
+    coupled = "weight_decay" in needs_grad and not kwargs.get("decoupled_weight_decay")
+    if differentiable and coupled and not tensor_alpha_dispatches():
+        raise TypeError(
+            f"{name}: a weight_decay tensor that requires grad (added to the gradient with "
+            "torch.add(g, p, alpha=weight_decay)) needs a newer torch: this one refuses a "
+            "tensor alpha; use a float weight_decay"
+        )
     plan = _Plan(group, update, path, params, grads, fresh, state_args, tensor_steps=capturable)
     # Which scratch arguments get a kept buffer (the others get None: a fresh tensor).
     plain = all(type(p) in _PLAIN_TYPES and type(g) in _PLAIN_TYPES for p, g in zip(params, grads))
@@ -256,13 +270,22 @@ def _list_batches(
     buckets: dict[Any, list[int]] = {}
     for i, p in enumerate(params):
         key = (p.device, p.dtype, fresh[i] and split_fresh, counts[i])
+        if plan.path == "one-by-one":  # DTensor with foreach=False: lists of one
+            key = (*key, i)
         buckets.setdefault(key, []).append(i)
     batches = []
-    for (device, _, is_fresh, _), indices in buckets.items():
+    for (device, _, is_fresh, *_), indices in buckets.items():
         kw = kwargs_fresh if is_fresh else kwargs
-        kw = _as_tensor_lists(kw, len(indices), device) if tensor_scalars else _as_floats(kw)
+        if tensor_scalars:
+            kw = _as_tensor_lists(kw, len(indices), device)
+        else:
+            kw = _as_floats(kw)
         batches.append(_Batch(indices, kw, slots))
     return batches
+
+
+def _requires_grad(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.requires_grad
 
 
 def _flat(values: Any) -> list[Any]:
@@ -414,6 +437,9 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
     if plan.path == "per-tensor":
         _per_tensor(optimizer, plan, states)
         return
+    if plan.path == "grad":
+        _differentiable(plan, states)
+        return
     for batch in plan.batches:
         idx = batch.indices
         p = TensorList(_real(plan.params[i]) for i in idx)
@@ -435,7 +461,6 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
 
 def _per_tensor(optimizer: Optimizer, plan: _Plan, states: list[dict[str, Any]]) -> None:
     update, state_args = plan.update, plan.state_args
-    raw_steps = compiling()
     old, new = plan.batches
     for p, g, state, fresh in zip(plan.params, plan.grads, states, plan.fresh):
         batch = new if fresh else old
@@ -445,7 +470,7 @@ def _per_tensor(optimizer: Optimizer, plan: _Plan, states: list[dict[str, Any]])
             if key is None:
                 args.append(None)
             elif key == "step":
-                args.append(state["step"] if raw_steps else StepCount([state["step"]]))
+                args.append(StepCount([state["step"]]))
             else:
                 args.append(_real(state[key]))
         for slot in batch.scratch:
@@ -454,3 +479,28 @@ def _per_tensor(optimizer: Optimizer, plan: _Plan, states: list[dict[str, Any]])
             else:
                 args.extend(_scratch.views(optimizer, (p.device, p.dtype, slot), [p]))
         update(*args, **batch.kwargs)
+
+
+def _differentiable(plan: _Plan, states: list[dict[str, Any]]) -> None:
+    """The update on :class:`~._foreach.GradList` s (out of place), written back afterwards."""
+    for batch in plan.batches:
+        idx = batch.indices
+        work = GradList(_real(plan.params[i]).clone() for i in idx)
+        g = GradList(_real(plan.grads[i]) for i in idx)
+        args: list[Any] = [work, g]
+        columns: dict[str, GradList] = {}
+        for key in plan.state_args:
+            if key is None:
+                args.append(None)
+            elif key == "step":
+                args.append(StepCount([states[i]["step"] for i in idx]))
+            else:
+                columns[key] = GradList(_real(states[i][key]) for i in idx)
+                args.append(columns[key])
+        args.extend([None] * len(batch.scratch))
+        plan.update(*args, **batch.kwargs)
+        for j, i in enumerate(idx):
+            p = plan.params[i]
+            _real(p).copy_(work[j])
+            for key, column in columns.items():
+                states[i][key] = torch.view_as_complex(column[j]) if p.is_complex() else column[j]

@@ -62,7 +62,7 @@ def adam(
     m.lerp_(g, 1 - beta1)  # m = m + (1-β1)*(g - m)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v = v + (1-β2)*(g*g - v)
     if amsgrad:
-        v = torch.maximum(v_max, v, out=v_max)  # v_max = max(v_max, v), used as v
+        v = v_max.clamp_min_(v)  # v_max = max(v_max, v), used as v
     if eps_after_bias_correction:
         eps = eps * (1 - beta2**t) ** 0.5  # torch's eps, moved before the bias correction
     s = torch.sqrt(v, out=s).add_(eps)  # s = sqrt(v) + eps
