@@ -238,8 +238,11 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
     keep = path != "fused" and not is_compiling and not differentiable and plain
     slots = [j if (keep and need) else None for j, need in enumerate(wanted)]
 
-    if path == "fused":
-        plan.batches = [_Batch(list(range(len(params))), _fused.scalars(kwargs), slots)]
+    if path == "fused":  # [0] for state that existed, [1] for state created now
+        everything = list(range(len(params)))
+        plan.batches = [
+            _Batch(everything, _fused.scalars(kw), slots) for kw in (kwargs, kwargs_fresh)
+        ]
     elif path == "per-tensor":  # [0] for state that existed, [1] for state created now
         convert = _as_tensors if is_compiling else _as_floats
         everything = list(range(len(params)))
@@ -432,7 +435,19 @@ def _real(t: Tensor) -> Tensor:
 def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
     states = [optimizer.state.get(p, _EMPTY) for p in plan.params]  # makes no entries
     if plan.path == "fused":
-        _fused.run(plan.update, plan.params, plan.grads, states, plan.state_args, plan.batches[0])
+        old, new = plan.batches
+        kwargs = [old.kwargs, new.kwargs]
+        which = [int(f) for f in plan.fresh]
+        _fused.run(
+            plan.update,
+            plan.params,
+            plan.grads,
+            states,
+            plan.state_args,
+            len(old.scratch),
+            kwargs,
+            which,
+        )
         return
     if plan.path == "per-tensor":
         _per_tensor(optimizer, plan, states)
