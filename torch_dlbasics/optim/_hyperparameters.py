@@ -45,6 +45,9 @@ def check_betas(betas: Any, *, foreach: Optional[bool], capturable: bool) -> tup
     Returns the pair with tensors squeezed to 0-dim (as torch stores them). A tensor beta with
     ``foreach=True`` and ``capturable=False`` is refused as torch refuses it.
     """
+    for i, beta in enumerate(betas[:2]):  # (before comparing: torch's check is ambiguous then)
+        if isinstance(beta, Tensor) and beta.numel() != 1:
+            raise ValueError(f"Tensor betas[{i}] must be 1-element")
     if not 0.0 <= betas[0] < 1.0:
         raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
     if not 0.0 <= betas[1] < 1.0:
@@ -54,13 +57,10 @@ def check_betas(betas: Any, *, foreach: Optional[bool], capturable: bool) -> tup
     if not (floats or tensors):
         raise ValueError("betas must be either both floats or both Tensors")
     if tensors:
-        for i, beta in enumerate(betas):
-            if foreach and not capturable:
-                raise ValueError(
-                    f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True"
-                )
-            if beta.numel() != 1:
-                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        if foreach and not capturable:
+            raise ValueError(
+                "betas[0] as a Tensor is not supported for capturable=False and foreach=True"
+            )
         return betas[0].reshape(()), betas[1].reshape(())
     return betas[0], betas[1]
 

@@ -23,8 +23,8 @@ arguments are worth a kept buffer (``_scratch``). The update function receives
 
 The step count ``t`` is a :class:`StepCount` (``t += 1`` advances the state tensor and gives
 the count as a float, or a float64 tensor under ``torch.compile``, so ``beta2 ** t`` is float64
-arithmetic on every path), except with ``capturable=True``: the state tensors themselves, as a
-``TensorList`` (counts stay on the device, nothing is read back).
+arithmetic on every path), except with ``capturable=True``: a :class:`DeviceStepCount`, whose
+counts stay on the device (nothing is read back).
 """
 
 from __future__ import annotations
@@ -40,7 +40,14 @@ from . import _fused, _scratch
 from ._foreach import GradList, TensorList, tensor_alpha_dispatches
 from ._hyperparameters import check_step_values, scalar_value
 
-__all__ = ["FOREACH_MAX_MEAN_NUMEL", "StepCount", "compiling", "run_step", "use_foreach"]
+__all__ = [
+    "FOREACH_MAX_MEAN_NUMEL",
+    "DeviceStepCount",
+    "StepCount",
+    "compiling",
+    "run_step",
+    "use_foreach",
+]
 
 FOREACH_MAX_MEAN_NUMEL = 32768
 """CPU: ``foreach=None`` takes the multi-tensor path when the mean tensor size is below this."""
@@ -76,6 +83,17 @@ class StepCount:
         if compiling():  # no host read inside a graph: a float64 0-dim tensor instead
             return self.tensors[0].to(torch.float64)
         return self.tensors[0].item()
+
+
+class DeviceStepCount(TensorList):
+    """The step counts of ``capturable=True``: ``t += 1`` adds 1 on the device and gives the
+    counts as float64 device tensors (step-size arithmetic in float64, nothing read back)."""
+
+    __slots__ = ()
+
+    def __iadd__(self, n: int) -> TensorList:  # type: ignore[override]
+        self.add_(n)
+        return TensorList(t.to(torch.float64) for t in self)
 
 
 def compiling() -> bool:
@@ -465,7 +483,7 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
                 args.append(None)
             elif key == "step":
                 steps = [states[i]["step"] for i in idx]
-                args.append(TensorList(steps) if plan.tensor_steps else StepCount(steps))
+                args.append(DeviceStepCount(steps) if plan.tensor_steps else StepCount(steps))
             else:
                 args.append(TensorList(_real(states[i][key]) for i in idx))
         for slot in batch.scratch:
