@@ -132,56 +132,81 @@ def test_sgd_foreach_none_is_multi_tensor_on_cpu_for_large_tensors() -> None:
 # LR schedulers: torch parity where lr is outside the state, the book's form where it is inside.
 # --------------------------------------------------------------------------------------------
 def _scheduled_run(opt, params, make_sched, steps: int, seed: int = 2):
-    """Train with a scheduler; return the hyperparameters of every step and its gradients."""
+    """Train with a scheduler; return the hyperparameters of every step and its gradients.
+    ``ReduceLROnPlateau`` is fed a loss that stops improving, so it does reduce the lr."""
     sched = make_sched(opt)
     gen = torch.Generator().manual_seed(seed)
     log = []
-    for _ in range(steps):
+    for k in range(steps):
         grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
         for p, g in zip(params, grads):
             p.grad = g.clone()
         hps = [dict(g) for g in opt.param_groups for _ in g["params"]]
         opt.step()
-        sched.step()
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(max(1.0, 5.0 - k))
+        else:
+            sched.step()
         log.append((hps, grads))
     return log
 
 
-def _book_replay(kind: str, params0: list[torch.Tensor], log) -> list:
+def _kind(cls: type, hp: dict[str, Any]) -> str:
+    """The book's rule a step of ``cls`` followed (SGD with momentum is the book's Momentum)."""
+    if issubclass(cls, SGD) and hp["momentum"] != 0:
+        return "nesterov" if hp["nesterov"] else "momentum"
+    return KIND[cls]
+
+
+def _book_replay(cls: type, params0: list[torch.Tensor], log) -> list:
     ref = [p.detach().numpy().copy() for p in params0]
-    states = [init_state(kind, r, {}) for r in ref]
+    states = [init_state(KIND[cls], r, log[0][0][i]) for i, r in enumerate(ref)]
     for hps, grads in log:
         for i in range(len(ref)):
-            ref[i] = book_step(kind, hps[i], ref[i], grads[i].numpy(), states[i])
+            ref[i] = book_step(_kind(cls, hps[i]), hps[i], ref[i], grads[i].numpy(), states[i])
     return ref
 
 
-SCHEDULERS: dict[str, Callable] = {
-    "steplr": lambda opt, cycle: torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5),
-    # cycle_momentum where ours has a momentum (Momentum, Nesterov: momentum; Adam: betas[0])
-    "onecycle": lambda opt, cycle: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=0.1, total_steps=20, cycle_momentum=cycle
-    ),
+_lrs = torch.optim.lr_scheduler
+SCHEDULERS: dict[str, Callable] = {  # default arguments: OneCycleLR/CyclicLR cycle momentum
+    "steplr": lambda opt: _lrs.StepLR(opt, step_size=4, gamma=0.5),
+    "onecycle": lambda opt: _lrs.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+    "cyclic": lambda opt: _lrs.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=4),
+    "plateau": lambda opt: _lrs.ReduceLROnPlateau(opt, factor=0.5, patience=1),
+    "swalr": lambda opt: torch.optim.swa_utils.SWALR(opt, swa_lr=0.02, anneal_epochs=5),
 }
+CYCLES_MOMENTUM = ("onecycle", "cyclic")
 
 
 @pytest.mark.parametrize("sched", list(SCHEDULERS))
 @pytest.mark.parametrize("cls", ALL)
-def test_schedulers_follow_the_book(cls: type, sched: str) -> None:
+def test_schedulers_with_default_arguments_work_as_with_torch(cls: type, sched: str) -> None:
+    """Issue 11 item 6, each scheduler with its default arguments: ours follows the book's
+    formula step by step under the schedule (an independent float64 replay with the logged
+    hyperparameters), and equals torch's counterpart wherever the lr sits outside the state
+    (AdaGrad, Adam; SGD while it has no momentum). Where the book's form has nothing to cycle
+    (AdaGrad has no momentum) OneCycleLR/CyclicLR refuse as they refuse torch's Adagrad."""
     params = make_params()
     params0 = [p.detach().clone() for p in params]
     opt = cls(params, **default_hp(cls))
-    cycle = cls in (Momentum, Nesterov, Adam)
-    log = _scheduled_run(opt, params, lambda o: SCHEDULERS[sched](o, cycle), 20)
-    assert len({hps[0]["lr"] for hps, _ in log}) > 2  # the lr did change
-    if cycle and sched == "onecycle":  # and so did the momentum
+    twins = make_params()
+    twin = torch_twin(cls, twins, **default_hp(cls))
+    if cls is AdaGrad and sched in CYCLES_MOMENTUM:
+        with pytest.raises(ValueError) as theirs:
+            SCHEDULERS[sched](twin)
+        with pytest.raises(ValueError, match=str(theirs.value)):
+            SCHEDULERS[sched](opt)
+        return
+    log = _scheduled_run(opt, params, SCHEDULERS[sched], 20)
+    assert len({float(hps[0]["lr"]) for hps, _ in log}) > 2  # the lr did change
+    if sched in CYCLES_MOMENTUM:  # and so did the momentum (SGD: from 0 to cycling, as torch's)
         assert len({str(hps[0].get("momentum", hps[0].get("betas"))) for hps, _ in log}) > 2
-    for p, r in zip(params, _book_replay(KIND[cls], params0, log)):
+    for p, r in zip(params, _book_replay(cls, params0, log)):
         torch.testing.assert_close(p.detach(), torch.as_tensor(r), rtol=RTOL, atol=ATOL)
-    if cls in (SGD, AdaGrad, Adam):  # lr outside the state: torch agrees under any schedule
-        twins = make_params()
-        twin = torch_twin(cls, twins, **default_hp(cls))
-        _scheduled_run(twin, twins, lambda o: SCHEDULERS[sched](o, cycle), 20)
+    theirs_log = _scheduled_run(twin, twins, SCHEDULERS[sched], 20)
+    assert [float(h[0]["lr"]) for h, _ in log] == [float(h[0]["lr"]) for h, _ in theirs_log]
+    lr_outside = cls in (AdaGrad, Adam) or (cls is SGD and sched not in CYCLES_MOMENTUM)
+    if lr_outside:
         for p, q in zip(params, twins):
             torch.testing.assert_close(p, q, rtol=RTOL, atol=ATOL)
 
