@@ -95,7 +95,7 @@ _ADAGRAD_TORCH = [
 ]
 _TENSOR_LR = [
     {"lr": torch.tensor(0.01, **_F64), "eps": 1e-3},
-    {"lr": torch.tensor([0.05], **_F64), "betas": (0.5, 0.9), "eps": 1e-2, "amsgrad": True},
+    {"lr": torch.tensor(0.05, **_F64), "betas": (0.5, 0.9), "eps": 1e-2, "amsgrad": True},
 ]
 _TENSOR_BETAS = [
     {"lr": 0.01, "betas": (torch.tensor(0.8, **_F64), torch.tensor(0.99, **_F64)), "eps": 1e-3},
@@ -111,9 +111,9 @@ CASES: dict[str, Case] = {
     "sgd_tensor_lr": Case(
         "sgd",
         SGD,
-        [{"lr": torch.tensor(0.1, **_F64)}, {**_SGD1, "lr": torch.tensor([0.05], **_F64)}],
+        [{"lr": torch.tensor(0.1, **_F64)}, {**_SGD1, "lr": torch.tensor(0.05, **_F64)}],
         torch.optim.SGD,
-        [{"lr": torch.tensor(0.1, **_F64)}, {**_SGD1, "lr": torch.tensor([0.05], **_F64)}],
+        [{"lr": torch.tensor(0.1, **_F64)}, {**_SGD1, "lr": torch.tensor(0.05, **_F64)}],
     ),
     # SGD with momentum is the book's Momentum (torch's SGD with momentum), dampening included.
     "sgd_momentum": Case("momentum", SGD, [_MOM0, _DAMPENED], torch.optim.SGD, [_MOM0, _DAMPENED]),

@@ -6,6 +6,7 @@ and multi-tensor paths bit-identical in every dtype."""
 from __future__ import annotations
 
 import inspect
+import re
 import socket
 from typing import Any, Callable
 
@@ -146,8 +147,9 @@ def test_refused_arguments_raise_torchs_error(cls, kwargs, error, message) -> No
         cls([w], **kwargs)
     try:
         TWIN[cls]([w], **kwargs)
-    except error as err:  # torch raises the same
-        assert __import__("re").search(message, str(err))
+    except Exception as err:  # torch raises the same (2.14; 2.4 fails otherwise or later)
+        same = isinstance(err, error) and re.search(message, str(err))
+        assert same or TORCH_VERSION < (2, 14), err
     else:  # older torch (2.4) does not check tensor lr/betas yet; 2.14 does
         assert TORCH_VERSION < (2, 14), f"torch accepted {kwargs}"
 
@@ -163,10 +165,11 @@ def test_multi_element_tensor_beta_gets_the_clear_message() -> None:
 # --------------------------------------------------------------------------------------------
 # Tensor lr and betas: on every path, or refused with torch's words (never half-applied).
 # --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(), (1,)], ids=["0-dim", "1-element"])
 @pytest.mark.parametrize("path", ["per-tensor", "foreach", "none", "fused"])
 @pytest.mark.parametrize("cls", ALL)
 def test_tensor_lr_works_on_every_path_as_a_float_lr(
-    cls: type, path: str, monkeypatch: pytest.MonkeyPatch
+    cls: type, path: str, shape: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 11: ``Adam([p], lr=torch.tensor(0.01)).step()`` crashed inside step() after the
     step count and moments were applied."""
@@ -178,7 +181,7 @@ def test_tensor_lr_works_on_every_path_as_a_float_lr(
         pytest.skip("torch refuses a tensor lr with foreach=True (capturable=False)")
     kw = dict(KW[cls])
     p1, p2 = make_params(), make_params()
-    lr = torch.tensor(kw.pop("lr"), dtype=torch.float64)
+    lr = torch.full(shape, kw.pop("lr"), dtype=torch.float64)
     o1, o2 = ours(cls, p1, lr=lr, **kw, **flags), ours(cls, p2, lr=float(lr), **kw, **flags)
     _steps(o1, p1)
     _steps(o2, p2)

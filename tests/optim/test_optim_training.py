@@ -6,14 +6,14 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 import torch
 from optim_cases import ATOL, DEVICES, RTOL, assert_same_snapshot, make_params, snapshot
 from optim_reference import book_step, init_state
 
-from torch_dlbasics.optim import SGD, AdaGrad, Adam, Momentum, Nesterov
+from torch_dlbasics.optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov
 from torch_dlbasics.optim._step import use_foreach
 
 ALL = [SGD, Momentum, Nesterov, AdaGrad, Adam]
@@ -329,22 +329,23 @@ def test_torch_compile_training_step(cls: type) -> None:
             torch.testing.assert_close(o1.state[p][key], o2.state[q][key])
 
 
-@pytest.mark.parametrize("foreach", [None, True])
-@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("flags", [{"foreach": None}, {"foreach": True}, {"fused": True}])
+@pytest.mark.parametrize("cls", [*ALL, AdamW])
 def test_compiled_step_is_one_graph_and_compiles_only_until_state_exists(
-    cls: type, foreach: Optional[bool]
+    cls: type, flags: dict
 ) -> None:
     """``torch.compile(opt.step, fullgraph=True)``: no graph break (Adam's step count stays a
     tensor, no ``.item()``), recompiled once when the state appears and never after (the step
-    count and lr_t are not baked into the graph), and the same numbers as the eager step."""
+    count and lr_t are not baked into the graph), and the same numbers as the eager step.
+    ``fused=True`` composes: inside a compiled step it is the same per-tensor graph."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    hp: dict[str, Any] = {"lr": 0.01, "foreach": foreach}
-    if cls is Adam:
+    hp: dict[str, Any] = {"lr": 0.01, **flags}
+    if cls in (Adam, AdamW):
         hp.update(eps=1e-7, eps_after_bias_correction=True)
     p1, p2 = make_params("cpu", torch.float32, seed=3), make_params("cpu", torch.float32, seed=3)
-    o1, o2 = cls(p1, **hp), cls(p2, **hp)
+    o1, o2 = cls(p1, **hp), cls(p2, **{**hp, "fused": None})
     step = torch.compile(o1.step, fullgraph=True, backend="aot_eager")
     gen = torch.Generator().manual_seed(0)
     for k in range(5):

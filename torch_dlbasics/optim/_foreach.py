@@ -62,9 +62,9 @@ class TensorList(list):
 
     def lerp_(self, end: TensorList, weight: Scalar) -> TensorList:
         with _plain():
-            if isinstance(weight, TensorList):  # a 0-dim weight per tensor
+            if isinstance(weight, TensorList):  # a 0-dim weight per tensor (in its dtype)
                 for x, e, w in zip(self, end, weight):
-                    x.lerp_(e, w)
+                    x.lerp_(e, w.to(x.dtype))
             else:
                 torch._foreach_lerp_(self, end, weight)
         return self
@@ -174,7 +174,7 @@ class GradList(TensorList):
         return self._set(x * o for x, o in zip(self, _each(other, self)))
 
     def lerp_(self, end: TensorList, weight: Scalar) -> GradList:
-        return self._set(x.lerp(e, w) for x, e, w in zip(self, end, _each(weight, self)))
+        return self._set(x.lerp(e, _as(w, x)) for x, e, w in zip(self, end, _each(weight, self)))
 
     def addcmul_(self, t1: TensorList, t2: TensorList, *, value: Scalar = 1) -> GradList:
         return self._set(
@@ -201,6 +201,11 @@ class GradList(TensorList):
 def _each(scalar: Scalar, like: list) -> list:
     """One scalar per tensor: a per-tensor list as it is, a number repeated."""
     return scalar if isinstance(scalar, list) else [scalar] * len(like)
+
+
+def _as(w: Any, x: torch.Tensor) -> Any:
+    """A tensor weight in ``x``'s dtype (lerp wants them equal)."""
+    return w.to(x.dtype) if isinstance(w, torch.Tensor) else w
 
 
 def _add_scaled(x: torch.Tensor, o: torch.Tensor, a: Any) -> torch.Tensor:

@@ -76,8 +76,10 @@ def _cxx() -> Optional[str]:
 
 
 def scalars(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The learning rate as a 0-dim tensor (a new value does not recompile); the rest as is."""
-    out = dict(kwargs)
+    """The learning rate as a 0-dim tensor (a new value does not recompile); other tensor
+    hyperparameters (betas) as numbers, as on the eager paths (dynamo of torch 2.4 cannot
+    trace them as tensors in ``addcmul_``'s value or ``lerp_``'s weight)."""
+    out = {k: v.item() if isinstance(v, Tensor) and k != "lr" else v for k, v in kwargs.items()}
     lr = out.get("lr")
     if isinstance(lr, Tensor):
         out["lr"] = lr.reshape(())

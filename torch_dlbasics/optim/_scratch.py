@@ -35,6 +35,8 @@ def _cache(optimizer: Optimizer) -> dict[Any, Any]:
 def reserve(optimizer: Optimizer, needs: dict[Key, int]) -> None:
     """Make each buffer ``key`` hold at least ``needs[key]`` elements (before any write of a
     step: an allocation that fails here leaves everything as it was)."""
+    if not needs:  # (under torch.compile: no buffers, and no dict the tracer would have to see)
+        return
     cache = _cache(optimizer)
     for key, n in needs.items():
         buf = cache.get(key)

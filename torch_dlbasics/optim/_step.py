@@ -186,59 +186,16 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
     update, kwargs = optimizer._update(group, False)
     kwargs_fresh = optimizer._update(group, True)[1]
     state_args = optimizer._state_args(group)
-    keys = [k for k in state_args if k is not None]
     is_compiling = compiling()
     fused = bool(group.get("fused")) and not is_compiling
     capturable = bool(group.get("capturable")) and not is_compiling
     differentiable = bool(group.get("differentiable")) and torch.is_grad_enabled()
-    if is_compiling:
-        path = "per-tensor"
-    elif fused:
-        path = "fused"
-    elif differentiable:
-        path = "grad"
-    elif capturable:
-        path = "lists"
-    else:
-        limit = getattr(optimizer, "_foreach_max_mean_numel", None)  # optional hook
-        limit = limit(group) if limit is not None else None
-        path = "lists" if use_foreach(group.get("foreach"), params, limit) else "per-tensor"
-        if path == "per-tensor" and any(type(p) not in _PLAIN_TYPES for p in params):
-            path = "one-by-one"  # subclasses: one tensor at a time, through the foreach ops
+    path = _choose_path(optimizer, group, params, is_compiling, fused, capturable, differentiable)
     if fused:
         _fused.check_available(params[0].device)
-    step_device = fused or capturable
-
-    fresh = []
-    for p, g, idx in zip(params, grads, where):
-        _check_grad(name, p, g, idx)
-        state = optimizer.state.get(p)
-        fresh.append(not state)
-        if state:
-            _check_state(name, optimizer, p, state, keys, idx, step_device)
-        if fused and not (p.is_floating_point() and p.device.type in _fused.DEVICES):
-            raise RuntimeError(
-                "`fused=True` requires all the params to be floating point Tensors of "
-                f"supported devices: {list(_fused.DEVICES)} but {p.dtype} and {p.device.type}"
-            )
-        if capturable:
-            devices = _capturable_devices()
-            step = state.get("step") if state else None
-            if p.device.type not in devices or (step is not None and step.device != p.device):
-                raise AssertionError(
-                    "If capturable=True, params and state_steps must be on supported devices: "
-                    f"{devices}."
-                )
-        if differentiable:
-            if p.is_leaf and p.requires_grad:
-                raise RuntimeError(
-                    "a leaf Variable that requires grad is being used in an in-place operation."
-                )
-            step = state.get("step") if state else None
-            if step is not None and step.requires_grad:
-                raise RuntimeError(
-                    "`requires_grad` is not supported for `step` in differentiable mode"
-                )
+    fresh = _check_params(
+        optimizer, params, grads, where, state_args, fused, capturable, differentiable
+    )
 
     needs_grad = [k for k, v in kwargs.items() if any(_requires_grad(x) for x in _flat([v]))]
     tensor_scalars = capturable or (differentiable and bool(needs_grad))
@@ -252,22 +209,90 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
     plan = _Plan(group, update, path, params, grads, fresh, state_args, tensor_steps=capturable)
     # Which scratch arguments get a kept buffer (the others get None: a fresh tensor).
     plain = all(type(p) in _PLAIN_TYPES and type(g) in _PLAIN_TYPES for p, g in zip(params, grads))
-    wanted = optimizer._scratch_slots(group)
     keep = path != "fused" and not is_compiling and not differentiable and plain
-    slots = [j if (keep and need) else None for j, need in enumerate(wanted)]
+    slots = [
+        j if (keep and need) else None for j, need in enumerate(optimizer._scratch_slots(group))
+    ]
 
+    everything = list(range(len(params)))
     if path == "fused":  # [0] for state that existed, [1] for state created now
-        everything = list(range(len(params)))
         plan.batches = [
             _Batch(everything, _fused.scalars(kw), slots) for kw in (kwargs, kwargs_fresh)
         ]
     elif path == "per-tensor":  # [0] for state that existed, [1] for state created now
         convert = _as_tensors if is_compiling else _as_floats
-        everything = list(range(len(params)))
         plan.batches = [_Batch(everything, convert(kw), slots) for kw in (kwargs, kwargs_fresh)]
     else:
         plan.batches = _list_batches(optimizer, plan, kwargs, kwargs_fresh, slots, tensor_scalars)
     return plan
+
+
+def _choose_path(
+    optimizer: Optimizer,
+    group: dict[str, Any],
+    params: list[Tensor],
+    is_compiling: bool,
+    fused: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> str:
+    if is_compiling:  # one graph of per-tensor ops: the compiler fuses them
+        return "per-tensor"
+    if fused:
+        return "fused"
+    if differentiable:
+        return "grad"
+    if capturable:
+        return "lists"
+    limit = getattr(optimizer, "_foreach_max_mean_numel", None)  # optional hook
+    limit = limit(group) if limit is not None else None
+    if use_foreach(group.get("foreach"), params, limit):
+        return "lists"
+    if any(type(p) not in _PLAIN_TYPES for p in params):
+        return "one-by-one"  # subclasses: one tensor at a time, through the foreach ops
+    return "per-tensor"
+
+
+def _check_params(
+    optimizer: Optimizer,
+    params: list[Tensor],
+    grads: list[Tensor],
+    where: list[int],
+    state_args: tuple[Optional[str], ...],
+    fused: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> list[bool]:
+    """Everything per parameter that could fail later; returns which states are still empty."""
+    name = type(optimizer).__name__
+    keys = [k for k in state_args if k is not None]
+    fresh = []
+    for p, g, idx in zip(params, grads, where):
+        _check_grad(name, p, g, idx)
+        state = optimizer.state.get(p)
+        fresh.append(not state)
+        if state:
+            _check_state(name, optimizer, p, state, keys, idx, fused)
+        step = state.get("step") if state else None
+        if fused and not (p.is_floating_point() and p.device.type in _fused.DEVICES):
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of "
+                f"supported devices: {list(_fused.DEVICES)} but {p.dtype} and {p.device.type}"
+            )
+        if capturable:
+            devices = _capturable_devices()
+            if p.device.type not in devices or (step is not None and step.device != p.device):
+                raise AssertionError(
+                    "If capturable=True, params and state_steps must be on supported devices: "
+                    f"{devices}."
+                )
+        if differentiable and p.is_leaf and p.requires_grad:
+            raise RuntimeError(
+                "a leaf Variable that requires grad is being used in an in-place operation."
+            )
+        if differentiable and step is not None and step.requires_grad:
+            raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+    return fresh
 
 
 def _list_batches(
