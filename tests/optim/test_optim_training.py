@@ -530,7 +530,8 @@ def test_scratch_views_follow_the_buffer_when_it_grows(cls: type) -> None:
     (key,) = _buffers(opt)
     buf = opt._scratch[key]
     assert buf.numel() == 200
-    views = [v for vs in opt._scratch[("views", key)].values() for v in vs]
+    views = [v for vs in opt._scratch[("views", key)].values() for v in vs]  # multi-tensor
+    views += list(opt._scratch[("shape views", key)].values())  # per-tensor
     assert len(views) == 5
     for v in views:
         assert v.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()

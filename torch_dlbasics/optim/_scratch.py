@@ -14,13 +14,13 @@ tensors), tensor subclasses such as FSDP2's DTensor (a plain buffer breaks their
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["reserve", "views"]
+__all__ = ["reserve", "shape_views", "views"]
 
 Key = tuple[torch.device, torch.dtype, int]
 
@@ -44,6 +44,7 @@ def reserve(optimizer: Optimizer, needs: dict[Key, int]) -> None:
             device, dtype, _ = key
             cache[key] = torch.empty(n, dtype=dtype, device=device)
             cache.pop(("views", key), None)
+            cache.pop(("shape views", key), None)
 
 
 def views(optimizer: Optimizer, key: Key, like: list[Tensor]) -> list[Tensor]:
@@ -59,3 +60,20 @@ def views(optimizer: Optimizer, key: Key, like: list[Tensor]) -> list[Tensor]:
         chunks = cache[key][: sum(sizes)].split(sizes)
         out = by_shapes[shapes] = [c.view(s) for c, s in zip(chunks, shapes)]
     return out
+
+
+def shape_views(optimizer: Optimizer, slot: int) -> Callable[[Tensor], Tensor]:
+    """For the per-tensor path: ``view(t)``, a view of buffer (t's device, dtype, ``slot``)
+    shaped like ``t``, cached per shape (one lookup per tensor and step)."""
+    cache = _cache(optimizer)
+
+    def view(t: Tensor) -> Tensor:
+        key = (t.device, t.dtype, slot)
+        by_shape = cache.setdefault(("shape views", key), {})
+        out = by_shape.get(t.shape)
+        if out is None:
+            n = t.numel()
+            out = by_shape[t.shape] = cache[key][:n].view(t.shape)
+        return out
+
+    return view

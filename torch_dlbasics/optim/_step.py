@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover - older torch
     _FOREACH_TYPES = [Tensor, torch.nn.Parameter]
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_PLAIN_SET = frozenset(_PLAIN_TYPES)
 _EMPTY: dict[str, Any] = {}
 
 
@@ -80,7 +81,7 @@ class StepCount:
             self.tensors[0].add_(n)
         else:
             torch._foreach_add_(self.tensors, n)
-        if compiling():  # no host read inside a graph: a float64 0-dim tensor instead
+        if _is_compiling():  # no host read inside a graph: a float64 0-dim tensor instead
             return self.tensors[0].to(torch.float64)
         return self.tensors[0].item()
 
@@ -96,10 +97,12 @@ class DeviceStepCount(TensorList):
         return TensorList(t.to(torch.float64) for t in self)
 
 
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
 def compiling() -> bool:
     """Whether this code is being traced by ``torch.compile``."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling and is_compiling())
+    return bool(_is_compiling())
 
 
 def use_foreach(
@@ -121,8 +124,12 @@ def use_foreach(
         return False
     if params[0].device.type != "cpu" or any(type(p) not in _PLAIN_TYPES for p in params):
         return True  # (DTensor: the foreach ops are the ones its sharding rules cover best)
-    sample = params[:: max(1, len(params) // 64)]  # the mean size from <= 64 evenly spaced tensors
     limit = FOREACH_MAX_MEAN_NUMEL if max_mean_numel is None else max_mean_numel
+    return _small_tensors(params, limit)
+
+
+def _small_tensors(params: list[Tensor], limit: float) -> bool:
+    sample = params[:: max(1, len(params) // 64)]  # the mean size from <= 64 evenly spaced tensors
     return sum(map(Tensor.numel, sample)) < limit * len(sample)
 
 
@@ -142,10 +149,13 @@ class _Plan:
     path: str  # "per-tensor", "lists", "one-by-one", "grad" (differentiable) or "fused"
     params: list[Tensor]
     grads: list[Tensor]
+    states: list[Optional[dict[str, Any]]]  # None: no state yet (made in phase 2)
     fresh: list[bool]
     state_args: tuple[Optional[str], ...]
     tensor_steps: bool  # the update gets step tensors, not StepCount
+    complex: bool  # some parameters are complex (updated as pairs of reals)
     batches: list[_Batch] = field(default_factory=list)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = field(default_factory=dict)
 
 
 def run_step(optimizer: Optimizer, closure: Optional[Callable[[], Any]]) -> Any:
@@ -174,12 +184,16 @@ def run_step(optimizer: Optimizer, closure: Optional[Callable[[], Any]]) -> Any:
 # --------------------------------------------------------------------------------------------
 def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_Plan]:
     name = type(optimizer).__name__
-    params, grads, where = [], [], []
-    for i, p in enumerate(group["params"]):
-        if p.grad is not None:
-            params.append(p)
-            grads.append(p.grad)
-            where.append(first + i)
+    params = list(group["params"])
+    grads = [p.grad for p in params]
+    where = list(range(first, first + len(params)))
+    if any(g is None for g in grads):
+        keep = [i for i, g in enumerate(grads) if g is not None]
+        params, grads, where = (
+            [params[i] for i in keep],
+            [grads[i] for i in keep],
+            [where[i] for i in keep],
+        )
     if not params:
         return None
     check_step_values(name, group, optimizer._NUMERIC)
@@ -190,12 +204,16 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
     fused = bool(group.get("fused")) and not is_compiling
     capturable = bool(group.get("capturable")) and not is_compiling
     differentiable = bool(group.get("differentiable")) and torch.is_grad_enabled()
-    path = _choose_path(optimizer, group, params, is_compiling, fused, capturable, differentiable)
-    if fused:
-        _fused.check_available(params[0].device)
-    fresh = _check_params(
+    states, groups, plain = _check_params(
         optimizer, params, grads, where, state_args, fused, capturable, differentiable
     )
+    fresh = [not state for state in states]
+    is_complex = any(dtype.is_complex for _, dtype in groups)
+    path = _choose_path(
+        optimizer, group, params, plain, is_compiling, fused, capturable, differentiable
+    )
+    if fused:
+        _fused.check_available(params[0].device)
 
     needs_grad = [k for k, v in kwargs.items() if any(_requires_grad(x) for x in _flat([v]))]
     tensor_scalars = capturable or (differentiable and bool(needs_grad))
@@ -206,9 +224,11 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
             "torch.add(g, p, alpha=weight_decay)) needs a newer torch: this one refuses a "
             "tensor alpha; use a float weight_decay"
         )
-    plan = _Plan(group, update, path, params, grads, fresh, state_args, tensor_steps=capturable)
+    plan = _Plan(
+        group, update, path, params, grads, states, fresh, state_args, capturable, is_complex
+    )
+    plan.groups = groups
     # Which scratch arguments get a kept buffer (the others get None: a fresh tensor).
-    plain = all(type(p) in _PLAIN_TYPES and type(g) in _PLAIN_TYPES for p, g in zip(params, grads))
     keep = path != "fused" and not is_compiling and not differentiable and plain
     slots = [
         j if (keep and need) else None for j, need in enumerate(optimizer._scratch_slots(group))
@@ -231,6 +251,7 @@ def _choose_path(
     optimizer: Optimizer,
     group: dict[str, Any],
     params: list[Tensor],
+    plain: bool,
     is_compiling: bool,
     fused: bool,
     capturable: bool,
@@ -244,13 +265,16 @@ def _choose_path(
         return "grad"
     if capturable:
         return "lists"
-    limit = getattr(optimizer, "_foreach_max_mean_numel", None)  # optional hook
-    limit = limit(group) if limit is not None else None
-    if use_foreach(group.get("foreach"), params, limit):
+    foreach = group.get("foreach")
+    if foreach is None and plain and params[0].device.type == "cpu":  # (the common case)
+        limit = getattr(optimizer, "_foreach_max_mean_numel", None)  # optional hook
+        limit = limit(group) if limit is not None else None
+        foreach = _small_tensors(params, FOREACH_MAX_MEAN_NUMEL if limit is None else limit)
+    elif foreach is None:
+        foreach = use_foreach(None, params)
+    if foreach:
         return "lists"
-    if any(type(p) not in _PLAIN_TYPES for p in params):
-        return "one-by-one"  # subclasses: one tensor at a time, through the foreach ops
-    return "per-tensor"
+    return "per-tensor" if plain else "one-by-one"  # subclasses: through the foreach ops
 
 
 def _check_params(
@@ -262,37 +286,183 @@ def _check_params(
     fused: bool,
     capturable: bool,
     differentiable: bool,
-) -> list[bool]:
-    """Everything per parameter that could fail later; returns which states are still empty."""
-    name = type(optimizer).__name__
-    keys = [k for k in state_args if k is not None]
-    fresh = []
-    for p, g, idx in zip(params, grads, where):
-        _check_grad(name, p, g, idx)
-        state = optimizer.state.get(p)
-        fresh.append(not state)
-        if state:
-            _check_state(name, optimizer, p, state, keys, idx, fused)
-        step = state.get("step") if state else None
-        if fused and not (p.is_floating_point() and p.device.type in _fused.DEVICES):
-            raise RuntimeError(
-                "`fused=True` requires all the params to be floating point Tensors of "
-                f"supported devices: {list(_fused.DEVICES)} but {p.dtype} and {p.device.type}"
-            )
-        if capturable:
-            devices = _capturable_devices()
-            if p.device.type not in devices or (step is not None and step.device != p.device):
-                raise AssertionError(
-                    "If capturable=True, params and state_steps must be on supported devices: "
-                    f"{devices}."
+) -> tuple[list[Optional[dict[str, Any]]], dict[tuple[torch.device, torch.dtype], list[int]], bool]:
+    """Everything per parameter that could fail later. Returns each parameter's state (``None``
+    where there is none yet), the parameters' indices per (device, dtype), and whether all
+    parameters and gradients are plain tensors (not subclasses such as DTensor).
+
+    The common case costs little per parameter: cheap checks in Python, the devices of all
+    tensors at once by torch's own grouping (C++). Anything unusual, or an error, goes through
+    :func:`_check_each`, which names what is wrong.
+    """
+    get = optimizer.state.get
+    states = [get(p) or None for p in params]
+    types = set(map(type, params)) | set(map(type, grads))
+    plain = types <= _PLAIN_SET
+    groups = None
+    if not (_is_compiling() or differentiable):
+        groups = _quick_check(optimizer, params, grads, states, state_args, fused or capturable)
+    if groups is None:
+        groups = _check_each(
+            optimizer, params, grads, states, where, state_args, fused, capturable, differentiable
+        )
+    if fused:
+        for device, dtype in groups:
+            if not (dtype.is_floating_point and device.type in _fused.DEVICES):
+                raise RuntimeError(
+                    "`fused=True` requires all the params to be floating point Tensors of "
+                    f"supported devices: {list(_fused.DEVICES)} but {dtype} and {device.type}"
                 )
+    if capturable:
+        devices = _capturable_devices()
+        if any(device.type not in devices for device, _ in groups):
+            raise AssertionError(
+                "If capturable=True, params and state_steps must be on supported devices: "
+                f"{devices}."
+            )
+    return states, groups, plain
+
+
+def _quick_check(
+    optimizer: Optimizer,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[Optional[dict[str, Any]]],
+    state_args: tuple[Optional[str], ...],
+    step_on_device: bool,
+) -> Optional[dict[tuple[torch.device, torch.dtype], list[int]]]:
+    """The groups per (device, dtype) when everything is as it should be, else ``None``."""
+    keys = [k for k in state_args if k is not None and k != "step"]
+    has_step = "step" in state_args
+    late = optimizer._LATE_STATE
+    for p, g, state in zip(params, grads, states):
+        dtype = p.dtype
+        if g.is_sparse or g.dtype is not dtype or not g.is_same_size(p):
+            return None
+        if state is not None:
+            for key in keys:
+                v = state.get(key)
+                if v is None:
+                    if key not in late:
+                        return None
+                elif not (isinstance(v, Tensor) and v.dtype is dtype and v.is_same_size(p)):
+                    return None
+            if has_step:
+                step = state.get("step")
+                if not (isinstance(step, Tensor) and step.dim() == 0 and step.is_floating_point()):
+                    return None
+    columns: list[list[Any]] = [params, grads]
+    columns += [[s.get(k) if s else None for s in states] for k in keys]
+    if has_step and step_on_device:  # fused/capturable: steps on the parameters' devices
+        columns.append([s.get("step") if s else None for s in states])
+    try:  # raises unless each index's tensors share a device (dtype: checked above)
+        grouped = Optimizer._group_tensors_by_device_and_dtype(columns, with_indices=True)
+    except RuntimeError:
+        return None
+    return {key: list(indices) for key, (_, indices) in grouped.items()}
+
+
+def _check_each(
+    optimizer: Optimizer,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[Optional[dict[str, Any]]],
+    where: list[int],
+    state_args: tuple[Optional[str], ...],
+    fused: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Parameter by parameter, raising an error that names what is wrong."""
+    name = type(optimizer).__name__
+    keys = [k for k in state_args if k is not None and k != "step"]
+    has_step = "step" in state_args
+    late = optimizer._LATE_STATE
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, (p, g, state, idx) in enumerate(zip(params, grads, states, where)):
+        shape, dtype, device = p.shape, p.dtype, p.device
+        groups.setdefault((device, dtype), []).append(i)
+        if g.is_sparse:
+            hint = ", please consider SparseAdam instead" if name in ("Adam", "AdamW") else ""
+            raise RuntimeError(
+                f"{name} does not support sparse gradients{hint}; nothing was updated"
+            )
+        if (g.shape, g.dtype, g.device) != (shape, dtype, device):
+            raise RuntimeError(
+                f"{name}.step: the gradient of parameter {idx} is {_describe(g)} but the "
+                f"parameter is {_describe(p)}; nothing was updated"
+            )
+        step = None
+        if state is not None:
+            for key in keys:
+                value = state.get(key)
+                if value is None:
+                    if key not in late:
+                        _missing(name, state, keys, idx, late)
+                elif not (
+                    isinstance(value, Tensor)
+                    and value.shape == shape
+                    and value.dtype == dtype
+                    and value.device == device
+                ):
+                    _wrong_state(name, key, value, p, idx)
+            if has_step:
+                step = state.get("step")
+                if step is None:
+                    _missing(name, state, ["step"], idx, late)
+                elif not (
+                    isinstance(step, Tensor)
+                    and step.dim() == 0
+                    and step.is_floating_point()
+                    and (not fused or step.device == device)
+                ):
+                    _wrong_step(name, step, p, idx, fused)
+        if capturable and step is not None and step.device != device:
+            devices = _capturable_devices()
+            raise AssertionError(
+                "If capturable=True, params and state_steps must be on supported devices: "
+                f"{devices}."
+            )
         if differentiable and p.is_leaf and p.requires_grad:
             raise RuntimeError(
                 "a leaf Variable that requires grad is being used in an in-place operation."
             )
         if differentiable and step is not None and step.requires_grad:
             raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
-    return fresh
+    return groups
+
+
+def _missing(name: str, state: dict, keys: list, idx: int, late: tuple) -> None:
+    missing = [k for k in keys if k not in state and k not in late]
+    raise RuntimeError(
+        f"{name}.step: the state of parameter {idx} lacks {missing} (it has "
+        f"{sorted(state)}); nothing was updated"
+    )
+
+
+def _wrong_state(name: str, key: str, value: Any, p: Tensor, idx: int) -> None:
+    if not isinstance(value, Tensor):
+        raise RuntimeError(
+            f"{name}.step: state {key!r} of parameter {idx} is a {type(value).__name__}, "
+            "not a tensor; nothing was updated"
+        )
+    raise RuntimeError(
+        f"{name}.step: state {key!r} of parameter {idx} is {_describe(value)} but the "
+        f"parameter is {_describe(p)}; nothing was updated"
+    )
+
+
+def _wrong_step(name: str, step: Any, p: Tensor, idx: int, on_device: bool) -> None:
+    if not isinstance(step, Tensor):
+        raise RuntimeError(
+            f"{name}.step: state 'step' of parameter {idx} is a {type(step).__name__}, "
+            "not a tensor; nothing was updated"
+        )
+    where = f" on {p.device}" if on_device else ""
+    raise RuntimeError(
+        f"{name}.step: state 'step' of parameter {idx} is {_describe(step)}, expected a "
+        f"0-dim floating point tensor{where}; nothing was updated"
+    )
 
 
 def _list_batches(
@@ -306,21 +476,28 @@ def _list_batches(
     """Multi-tensor batches: one device and dtype and, unless the step counts stay tensors, one
     step count each; state created now apart where the update's arguments differ for it (the
     first step of SGD's momentum is not dampened)."""
-    params, fresh = plan.params, plan.fresh
+    fresh = plan.fresh
     split_fresh = kwargs != kwargs_fresh
-    counts: list[Optional[float]] = [None] * len(params)
+    counts: Optional[list[float]] = None
     if "step" in plan.state_args and not plan.tensor_steps:
-        known = [optimizer.state[p]["step"] for p, f in zip(params, fresh) if not f]
+        known = [state["step"] for state in plan.states if state is not None]
         values = iter(torch.stack(known).tolist() if known else ())
         counts = [0.0 if f else next(values) for f in fresh]
-    buckets: dict[Any, list[int]] = {}
-    for i, p in enumerate(params):
-        key = (p.device, p.dtype, fresh[i] and split_fresh, counts[i])
+        if min(counts) == max(counts):
+            counts = None  # one count for all: no split
+    buckets: list[tuple[torch.device, bool, list[int]]] = []
+    for (device, _), indices in plan.groups.items():
         if plan.path == "one-by-one":  # DTensor with foreach=False: lists of one
-            key = (*key, i)
-        buckets.setdefault(key, []).append(i)
+            buckets += [(device, fresh[i] and split_fresh, [i]) for i in indices]
+        elif counts is None and not (split_fresh and any(fresh[i] for i in indices)):
+            buckets.append((device, False, indices))
+        else:
+            split: dict[Any, list[int]] = {}
+            for i in indices:
+                split.setdefault((fresh[i] and split_fresh, counts and counts[i]), []).append(i)
+            buckets += [(device, is_fresh, part) for (is_fresh, _), part in split.items()]
     batches = []
-    for (device, _, is_fresh, *_), indices in buckets.items():
+    for device, is_fresh, indices in buckets:
         kw = kwargs_fresh if is_fresh else kwargs
         if tensor_scalars:
             kw = _as_tensor_lists(kw, len(indices), device)
@@ -370,57 +547,6 @@ def _capturable_devices() -> list[str]:
         return ["cuda"]
 
 
-def _check_grad(name: str, p: Tensor, g: Tensor, idx: int) -> None:
-    if g.is_sparse:
-        hint = ", please consider SparseAdam instead" if name in ("Adam", "AdamW") else ""
-        raise RuntimeError(f"{name} does not support sparse gradients{hint}; nothing was updated")
-    if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-        raise RuntimeError(
-            f"{name}.step: the gradient of parameter {idx} is {_describe(g)} but the parameter "
-            f"is {_describe(p)}; nothing was updated"
-        )
-
-
-def _check_state(
-    name: str,
-    optimizer: Optimizer,
-    p: Tensor,
-    state: dict[str, Any],
-    keys: list[str],
-    idx: int,
-    step_on_device: bool,
-) -> None:
-    missing = [k for k in keys if k not in state and k not in optimizer._LATE_STATE]
-    if missing:
-        raise RuntimeError(
-            f"{name}.step: the state of parameter {idx} lacks {missing} (it has "
-            f"{sorted(state)}); nothing was updated"
-        )
-    for key in keys:
-        value = state.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, Tensor):
-            raise RuntimeError(
-                f"{name}.step: state {key!r} of parameter {idx} is a {type(value).__name__}, "
-                "not a tensor; nothing was updated"
-            )
-        if key == "step":
-            ok = value.dim() == 0 and value.is_floating_point()
-            ok = ok and (value.device == p.device if step_on_device else True)
-            if not ok:
-                where = f" on {p.device}" if step_on_device else ""
-                raise RuntimeError(
-                    f"{name}.step: state 'step' of parameter {idx} is {_describe(value)}, "
-                    f"expected a 0-dim floating point tensor{where}; nothing was updated"
-                )
-        elif value.shape != p.shape or value.dtype != p.dtype or value.device != p.device:
-            raise RuntimeError(
-                f"{name}.step: state {key!r} of parameter {idx} is {_describe(value)} but the "
-                f"parameter is {_describe(p)}; nothing was updated"
-            )
-
-
 def _describe(t: Tensor) -> str:
     return f"{t.dtype} {tuple(t.shape)} on {t.device}"
 
@@ -434,14 +560,14 @@ def _allocate(optimizer: Optimizer, plans: list[_Plan]) -> None:
         needs: dict[_scratch.Key, int] = {}
         for plan in plans:
             keys = [k for k in plan.state_args if k is not None]
-            for p in plan.params:
-                had = p in optimizer.state
-                missing = [k for k in keys if k not in optimizer.state.get(p, ())]
-                if missing:  # (no entry is made for a parameter without state, as torch)
-                    created.append((p, missing, had))
-                    optimizer._init_state(p, plan.group, optimizer.state[p])
-            for batch in plan.batches:
-                _add_needs(plan, batch, needs)
+            complete = None not in plan.states and not set(keys) & set(optimizer._LATE_STATE)
+            for i, (p, state) in enumerate(zip(plan.params, [] if complete else plan.states)):
+                missing = [k for k in keys if state is None or k not in state]
+                if missing:  # (no entry is made for a parameter that needs no state, as torch)
+                    created.append((p, missing, p in optimizer.state))
+                    state = plan.states[i] = optimizer.state[p]
+                    optimizer._init_state(p, plan.group, state)
+            _add_needs(plan, needs)
         _scratch.reserve(optimizer, needs)
     except BaseException:
         for p, missing, had in created:
@@ -453,19 +579,32 @@ def _allocate(optimizer: Optimizer, plans: list[_Plan]) -> None:
         raise
 
 
-def _add_needs(plan: _Plan, batch: _Batch, needs: dict[_scratch.Key, int]) -> None:
-    """The scratch elements ``batch`` needs, per (device, dtype, slot)."""
-    tensors = [_real(plan.params[i]) for i in batch.indices]
-    for slot in batch.scratch:
-        if slot is None:
-            continue
-        if plan.path == "per-tensor":  # one tensor at a time: the largest of each device, dtype
-            for t in tensors:
+def _add_needs(plan: _Plan, needs: dict[_scratch.Key, int]) -> None:
+    """The scratch elements the plan needs, per (device, dtype, slot)."""
+    slots = [slot for slot in plan.batches[0].scratch if slot is not None]
+    if not slots:
+        return
+    real = _real if plan.complex else _same
+    if plan.path == "per-tensor":  # one tensor at a time: the largest of each device, dtype
+        for indices in plan.groups.values():
+            t = real(plan.params[indices[0]])  # (a complex group: twice the reals)
+            n = max(plan.params[i].numel() for i in indices) * (
+                2 if t is not plan.params[indices[0]] else 1
+            )
+            for slot in slots:
                 key = (t.device, t.dtype, slot)
-                needs[key] = max(needs.get(key, 0), t.numel())
-        else:
+                needs[key] = max(needs.get(key, 0), n)
+        return
+    for batch in plan.batches:
+        tensors = [real(plan.params[i]) for i in batch.indices]
+        n = sum(t.numel() for t in tensors)
+        for slot in slots:
             key = (tensors[0].device, tensors[0].dtype, slot)
-            needs[key] = max(needs.get(key, 0), sum(t.numel() for t in tensors))
+            needs[key] = max(needs.get(key, 0), n)
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 def _real(t: Tensor) -> Tensor:
@@ -476,7 +615,7 @@ def _real(t: Tensor) -> Tensor:
 # Phase 3: the update.
 # --------------------------------------------------------------------------------------------
 def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
-    states = [optimizer.state.get(p, _EMPTY) for p in plan.params]  # makes no entries
+    states = [_EMPTY if state is None else state for state in plan.states]
     if plan.path == "fused":
         old, new = plan.batches
         kwargs = [old.kwargs, new.kwargs]
@@ -498,10 +637,15 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
     if plan.path == "grad":
         _differentiable(plan, states)
         return
+    real = _real if plan.complex else _same
+    everything = len(plan.batches) == 1 and not plan.complex
     for batch in plan.batches:
         idx = batch.indices
-        p = TensorList(_real(plan.params[i]) for i in idx)
-        g = TensorList(_real(plan.grads[i]) for i in idx)
+        if everything and len(idx) == len(plan.params):
+            p, g = TensorList(plan.params), TensorList(plan.grads)
+        else:
+            p = TensorList([real(plan.params[i]) for i in idx])
+            g = TensorList([real(plan.grads[i]) for i in idx])
         args: list[Any] = [p, g]
         for key in plan.state_args:
             if key is None:
@@ -510,7 +654,7 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
                 steps = [states[i]["step"] for i in idx]
                 args.append(DeviceStepCount(steps) if plan.tensor_steps else StepCount(steps))
             else:
-                args.append(TensorList(_real(states[i][key]) for i in idx))
+                args.append(TensorList([real(states[i][key]) for i in idx]))
         for slot in batch.scratch:
             key = (p[0].device, p[0].dtype, slot)
             args.append(None if slot is None else TensorList(_scratch.views(optimizer, key, p)))
@@ -519,10 +663,12 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
 
 def _per_tensor(optimizer: Optimizer, plan: _Plan, states: list[dict[str, Any]]) -> None:
     update, state_args = plan.update, plan.state_args
+    real = _real if plan.complex else _same
     old, new = plan.batches
+    slots = old.scratch
+    views = [None if slot is None else _scratch.shape_views(optimizer, slot) for slot in slots]
     for p, g, state, fresh in zip(plan.params, plan.grads, states, plan.fresh):
-        batch = new if fresh else old
-        p, g = _real(p), _real(g)
+        p, g = real(p), real(g)
         args: list[Any] = [p, g]
         for key in state_args:
             if key is None:
@@ -530,13 +676,10 @@ def _per_tensor(optimizer: Optimizer, plan: _Plan, states: list[dict[str, Any]])
             elif key == "step":
                 args.append(StepCount([state["step"]]))
             else:
-                args.append(_real(state[key]))
-        for slot in batch.scratch:
-            if slot is None:
-                args.append(None)
-            else:
-                args.extend(_scratch.views(optimizer, (p.device, p.dtype, slot), [p]))
-        update(*args, **batch.kwargs)
+                args.append(real(state[key]))
+        for view in views:
+            args.append(None if view is None else view(p))
+        update(*args, **(new if fresh else old).kwargs)
 
 
 def _differentiable(plan: _Plan, states: list[dict[str, Any]]) -> None:
