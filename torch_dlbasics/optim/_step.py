@@ -381,7 +381,9 @@ def _check_each(
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, (p, g, state, idx) in enumerate(zip(params, grads, states, where)):
         shape, dtype, device = p.shape, p.dtype, p.device
-        groups.setdefault((device, dtype), []).append(i)
+        if (device, dtype) not in groups:  # (not setdefault: torch 2.4's dynamo traces this)
+            groups[device, dtype] = []
+        groups[device, dtype].append(i)
         if g.is_sparse:
             hint = ", please consider SparseAdam instead" if name in ("Adam", "AdamW") else ""
             raise RuntimeError(
