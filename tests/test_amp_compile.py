@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from torch_dlbasics.nn import BatchNorm2d, Dropout
-from torch_dlbasics.optim import SGD, Adam, Momentum
+from torch_dlbasics.optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov
 
 AMP_DEVICES = [
     pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
@@ -22,17 +22,29 @@ AMP_DEVICES = [
     ),
 ]  # fmt: skip
 
-# Ours and the built-in they equal (Momentum: torch's SGD momentum at constant lr; Adam: eps
-# after bias correction, as torch places it).
+# Ours and the built-in they equal (Momentum, Nesterov: torch's SGD momentum at constant lr;
+# Adam, AdamW: eps after bias correction, as torch places it).
 OPTIMIZERS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
     "SGD": (lambda p: SGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
     "Momentum": (
         lambda p: Momentum(p, lr=0.1, momentum=0.9),
         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
     ),
+    "Nesterov": (
+        lambda p: Nesterov(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    ),
+    "AdaGrad": (
+        lambda p: AdaGrad(p, lr=0.1, eps=1e-7),
+        lambda p: torch.optim.Adagrad(p, lr=0.1, eps=1e-7),
+    ),
     "Adam": (
         lambda p: Adam(p, lr=1e-2, eps=1e-8, eps_after_bias_correction=True),
         lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-8),
+    ),
+    "AdamW": (
+        lambda p: AdamW(p, lr=1e-2, eps=1e-8, eps_after_bias_correction=True),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, eps=1e-8),
     ),
 }
 

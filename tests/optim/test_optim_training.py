@@ -6,15 +6,15 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 import torch
 from optim_cases import ATOL, DEVICES, RTOL, assert_same_snapshot, make_params, snapshot
 from optim_reference import book_step, init_state
 
-from torch_dlbasics.optim import SGD, AdaGrad, Adam, Momentum, Nesterov
-from torch_dlbasics.optim.convert import use_foreach
+from torch_dlbasics.optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov
+from torch_dlbasics.optim._step import use_foreach
 
 ALL = [SGD, Momentum, Nesterov, AdaGrad, Adam]
 KIND = {SGD: "sgd", Momentum: "momentum", Nesterov: "nesterov", AdaGrad: "adagrad", Adam: "adam"}
@@ -123,7 +123,8 @@ def test_sgd_foreach_none_is_multi_tensor_on_cpu_for_large_tensors() -> None:
         p.grad = torch.ones_like(p)
     opt = SGD(params, lr=0.1, weight_decay=0.5)  # weight decay: the gradient goes via scratch
     opt.step()
-    assert ("views", (torch.device("cpu"), torch.float32, 0)) in opt._scratch  # foreach views
+    views = opt._scratch[("views", (torch.device("cpu"), torch.float32, 0))]  # the foreach path
+    assert list(views) == [(torch.Size([100_000]),) * 3]
     assert all(torch.equal(p, torch.full_like(p, -0.1)) for p in params)
 
 
@@ -131,56 +132,81 @@ def test_sgd_foreach_none_is_multi_tensor_on_cpu_for_large_tensors() -> None:
 # LR schedulers: torch parity where lr is outside the state, the book's form where it is inside.
 # --------------------------------------------------------------------------------------------
 def _scheduled_run(opt, params, make_sched, steps: int, seed: int = 2):
-    """Train with a scheduler; return the hyperparameters of every step and its gradients."""
+    """Train with a scheduler; return the hyperparameters of every step and its gradients.
+    ``ReduceLROnPlateau`` is fed a loss that stops improving, so it does reduce the lr."""
     sched = make_sched(opt)
     gen = torch.Generator().manual_seed(seed)
     log = []
-    for _ in range(steps):
+    for k in range(steps):
         grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
         for p, g in zip(params, grads):
             p.grad = g.clone()
         hps = [dict(g) for g in opt.param_groups for _ in g["params"]]
         opt.step()
-        sched.step()
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(max(1.0, 5.0 - k))
+        else:
+            sched.step()
         log.append((hps, grads))
     return log
 
 
-def _book_replay(kind: str, params0: list[torch.Tensor], log) -> list:
+def _kind(cls: type, hp: dict[str, Any]) -> str:
+    """The book's rule a step of ``cls`` followed (SGD with momentum is the book's Momentum)."""
+    if issubclass(cls, SGD) and hp["momentum"] != 0:
+        return "nesterov" if hp["nesterov"] else "momentum"
+    return KIND[cls]
+
+
+def _book_replay(cls: type, params0: list[torch.Tensor], log) -> list:
     ref = [p.detach().numpy().copy() for p in params0]
-    states = [init_state(kind, r, {}) for r in ref]
+    states = [init_state(KIND[cls], r, log[0][0][i]) for i, r in enumerate(ref)]
     for hps, grads in log:
         for i in range(len(ref)):
-            ref[i] = book_step(kind, hps[i], ref[i], grads[i].numpy(), states[i])
+            ref[i] = book_step(_kind(cls, hps[i]), hps[i], ref[i], grads[i].numpy(), states[i])
     return ref
 
 
-SCHEDULERS: dict[str, Callable] = {
-    "steplr": lambda opt, cycle: torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5),
-    # cycle_momentum where ours has a momentum (Momentum, Nesterov: momentum; Adam: betas[0])
-    "onecycle": lambda opt, cycle: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=0.1, total_steps=20, cycle_momentum=cycle
-    ),
+_lrs = torch.optim.lr_scheduler
+SCHEDULERS: dict[str, Callable] = {  # default arguments: OneCycleLR/CyclicLR cycle momentum
+    "steplr": lambda opt: _lrs.StepLR(opt, step_size=4, gamma=0.5),
+    "onecycle": lambda opt: _lrs.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+    "cyclic": lambda opt: _lrs.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=4),
+    "plateau": lambda opt: _lrs.ReduceLROnPlateau(opt, factor=0.5, patience=1),
+    "swalr": lambda opt: torch.optim.swa_utils.SWALR(opt, swa_lr=0.02, anneal_epochs=5),
 }
+CYCLES_MOMENTUM = ("onecycle", "cyclic")
 
 
 @pytest.mark.parametrize("sched", list(SCHEDULERS))
 @pytest.mark.parametrize("cls", ALL)
-def test_schedulers_follow_the_book(cls: type, sched: str) -> None:
+def test_schedulers_with_default_arguments_work_as_with_torch(cls: type, sched: str) -> None:
+    """Issue 11 item 6, each scheduler with its default arguments: ours follows the book's
+    formula step by step under the schedule (an independent float64 replay with the logged
+    hyperparameters), and equals torch's counterpart wherever the lr sits outside the state
+    (AdaGrad, Adam; SGD while it has no momentum). Where the book's form has nothing to cycle
+    (AdaGrad has no momentum) OneCycleLR/CyclicLR refuse as they refuse torch's Adagrad."""
     params = make_params()
     params0 = [p.detach().clone() for p in params]
     opt = cls(params, **default_hp(cls))
-    cycle = cls in (Momentum, Nesterov, Adam)
-    log = _scheduled_run(opt, params, lambda o: SCHEDULERS[sched](o, cycle), 20)
-    assert len({hps[0]["lr"] for hps, _ in log}) > 2  # the lr did change
-    if cycle and sched == "onecycle":  # and so did the momentum
+    twins = make_params()
+    twin = torch_twin(cls, twins, **default_hp(cls))
+    if cls is AdaGrad and sched in CYCLES_MOMENTUM:
+        with pytest.raises(ValueError) as theirs:
+            SCHEDULERS[sched](twin)
+        with pytest.raises(ValueError, match=str(theirs.value)):
+            SCHEDULERS[sched](opt)
+        return
+    log = _scheduled_run(opt, params, SCHEDULERS[sched], 20)
+    assert len({float(hps[0]["lr"]) for hps, _ in log}) > 2  # the lr did change
+    if sched in CYCLES_MOMENTUM:  # and so did the momentum (SGD: from 0 to cycling, as torch's)
         assert len({str(hps[0].get("momentum", hps[0].get("betas"))) for hps, _ in log}) > 2
-    for p, r in zip(params, _book_replay(KIND[cls], params0, log)):
+    for p, r in zip(params, _book_replay(cls, params0, log)):
         torch.testing.assert_close(p.detach(), torch.as_tensor(r), rtol=RTOL, atol=ATOL)
-    if cls in (SGD, AdaGrad, Adam):  # lr outside the state: torch agrees under any schedule
-        twins = make_params()
-        twin = torch_twin(cls, twins, **default_hp(cls))
-        _scheduled_run(twin, twins, lambda o: SCHEDULERS[sched](o, cycle), 20)
+    theirs_log = _scheduled_run(twin, twins, SCHEDULERS[sched], 20)
+    assert [float(h[0]["lr"]) for h, _ in log] == [float(h[0]["lr"]) for h, _ in theirs_log]
+    lr_outside = cls in (AdaGrad, Adam) or (cls is SGD and sched not in CYCLES_MOMENTUM)
+    if lr_outside:
         for p, q in zip(params, twins):
             torch.testing.assert_close(p, q, rtol=RTOL, atol=ATOL)
 
@@ -303,22 +329,23 @@ def test_torch_compile_training_step(cls: type) -> None:
             torch.testing.assert_close(o1.state[p][key], o2.state[q][key])
 
 
-@pytest.mark.parametrize("foreach", [None, True])
-@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("flags", [{"foreach": None}, {"foreach": True}, {"fused": True}])
+@pytest.mark.parametrize("cls", [*ALL, AdamW])
 def test_compiled_step_is_one_graph_and_compiles_only_until_state_exists(
-    cls: type, foreach: Optional[bool]
+    cls: type, flags: dict
 ) -> None:
     """``torch.compile(opt.step, fullgraph=True)``: no graph break (Adam's step count stays a
     tensor, no ``.item()``), recompiled once when the state appears and never after (the step
-    count and lr_t are not baked into the graph), and the same numbers as the eager step."""
+    count and lr_t are not baked into the graph), and the same numbers as the eager step.
+    ``fused=True`` composes: inside a compiled step it is the same per-tensor graph."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    hp: dict[str, Any] = {"lr": 0.01, "foreach": foreach}
-    if cls is Adam:
+    hp: dict[str, Any] = {"lr": 0.01, **flags}
+    if cls in (Adam, AdamW):
         hp.update(eps=1e-7, eps_after_bias_correction=True)
     p1, p2 = make_params("cpu", torch.float32, seed=3), make_params("cpu", torch.float32, seed=3)
-    o1, o2 = cls(p1, **hp), cls(p2, **hp)
+    o1, o2 = cls(p1, **hp), cls(p2, **{**hp, "fused": None})
     step = torch.compile(o1.step, fullgraph=True, backend="aot_eager")
     gen = torch.Generator().manual_seed(0)
     for k in range(5):
@@ -457,10 +484,18 @@ def test_complex_matches_torch(cls: type, foreach: bool, device: str) -> None:
                 torch.testing.assert_close(o1.state[a][key], value, rtol=RTOL, atol=ATOL)
 
 
+def _buffers(opt: torch.optim.Optimizer) -> dict:
+    return {
+        k: v for k, v in opt.__dict__.get("_scratch", {}).items() if isinstance(v, torch.Tensor)
+    }
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("cls", [Momentum, AdaGrad, Adam])
 def test_scratch_buffer_is_reused_and_is_not_state(cls: type, foreach: bool) -> None:
-    """The temporaries of a step live in one buffer per (device, dtype, slot) kept across steps."""
+    """The temporaries of a step live in one buffer per (device, dtype, slot) kept across steps:
+    Momentum needs one for the decayed gradient, AdaGrad that and its denominator, Adam one for
+    both (the gradient is dead when the denominator is formed)."""
     params = make_params()
     opt = cls(params, weight_decay=0.1, foreach=foreach)  # weight decay: the gradient slot too
     gen = torch.Generator().manual_seed(0)
@@ -471,21 +506,20 @@ def test_scratch_buffer_is_reused_and_is_not_state(cls: type, foreach: bool) -> 
         opt.step()
 
     step()
-    buffers = {k: v.data_ptr() for k, v in opt._scratch.items() if isinstance(v, torch.Tensor)}
-    assert len(buffers) == (2 if cls is not Momentum else 1)
+    buffers = {k: v.data_ptr() for k, v in _buffers(opt).items()}
+    assert len(buffers) == {Momentum: 1, AdaGrad: 2, Adam: 1}[cls]
     for _ in range(3):
         step()
-    assert buffers == {
-        k: v.data_ptr() for k, v in opt._scratch.items() if isinstance(v, torch.Tensor)
-    }
+    assert buffers == {k: v.data_ptr() for k, v in _buffers(opt).items()}
     assert "_scratch" not in pickle.loads(pickle.dumps(opt)).__dict__
+    assert "_scratch" not in copy.deepcopy(opt).__dict__
     assert all(set(s) <= {"v", "step", "sum", "exp_avg", "exp_avg_sq"} for s in opt.state.values())
 
 
 @pytest.mark.parametrize("cls", [AdaGrad, Adam])
 def test_scratch_views_follow_the_buffer_when_it_grows(cls: type) -> None:
-    """A per-tensor group then a larger multi-tensor group: the buffer grows during the step;
-    every cached view must then be a view of the new buffer (one buffer alive, not two)."""
+    """A per-tensor group then a larger multi-tensor group: the buffer grows to the larger need
+    before the step writes anything; every cached view is a view of the one buffer alive."""
     small = [torch.randn(3, 3, dtype=torch.float64, requires_grad=True)]
     large = [torch.randn(50, dtype=torch.float64, requires_grad=True) for _ in range(4)]
     opt = cls([{"params": small, "foreach": False}, {"params": large, "foreach": True}], lr=0.01)
@@ -493,10 +527,11 @@ def test_scratch_views_follow_the_buffer_when_it_grows(cls: type) -> None:
         for p in small + large:
             p.grad = torch.randn_like(p)
         opt.step()
-    (key,) = [k for k, v in opt._scratch.items() if isinstance(v, torch.Tensor)]
+    (key,) = _buffers(opt)
     buf = opt._scratch[key]
     assert buf.numel() == 200
-    views = list(opt._scratch[("shape views", key)].values()) + opt._scratch[("views", key)][1]
+    views = [v for vs in opt._scratch[("views", key)].values() for v in vs]  # multi-tensor
+    views += list(opt._scratch[("shape views", key)].values())  # per-tensor
     assert len(views) == 5
     for v in views:
         assert v.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()

@@ -1,6 +1,14 @@
-"""The book's five optimizers (ch. 6.1) as ``torch.optim.Optimizer`` subclasses.
+"""The book's five optimizers (§6.1) as ``torch.optim.Optimizer`` subclasses.
 
-Each agrees with a torch built-in under stated conditions (see each class and the README):
+Each algorithm file holds its update function, the whole step in the book's symbols, and the
+class with torch's signature around it (``sgd.py``, ``momentum.py``, ``nesterov.py``,
+``adagrad.py``, ``adam.py``). The shared engine lives beside them: ``_step.py`` (one step:
+validation, state, path choice, dispatch), ``_foreach.py`` (the multi-tensor path),
+``_fused.py`` (``fused=True``), ``_scratch.py`` (kept temporaries), ``_state_dict.py``
+(loading), ``_hyperparameters.py`` (argument checks); ``convert.py`` moves checkpoints to and
+from ``torch.optim``.
+
+Each agrees with a torch built-in under stated conditions (see each class):
 
 >>> import torch
 >>> from torch_dlbasics.optim import Adam, AdaGrad, Momentum, Nesterov, SGD
@@ -11,10 +19,10 @@ Each agrees with a torch built-in under stated conditions (see each class and th
 >>> opt.step()
 """
 
-from .adagrad import AdaGrad
-from .adam import Adam
+from .adagrad import AdaGrad, Adagrad
+from .adam import Adam, AdamW
 from .momentum import Momentum
 from .nesterov import Nesterov
 from .sgd import SGD
 
-__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov"]
+__all__ = ["SGD", "AdaGrad", "Adagrad", "Adam", "AdamW", "Momentum", "Nesterov"]

@@ -1,4 +1,4 @@
-"""AdaGrad, the book's ``class AdaGrad``: per-element learning rates that decay with h.
+"""AdaGrad, the book's ``class AdaGrad`` (§6.1.5): per-element learning rates that decay with h.
 
 .. math::
 
@@ -8,76 +8,91 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
-from .convert import (
-    check_state_dict,
-    effective_grad,
-    effective_grads_foreach,
-    params_with_grads,
-    scratch,
-    use_foreach,
-)
+from ._hyperparameters import check_engine_flags, check_lr, check_non_negative, scalar_value
+from ._state_dict import load_state_dict, restore_groups, step_dtype
+from ._step import run_step
 
-__all__ = ["AdaGrad", "adagrad", "adagrad_foreach"]
+__all__ = ["AdaGrad", "Adagrad", "adagrad"]
 
 
-def adagrad(p: Tensor, g: Tensor, h: Tensor, s: Tensor, *, lr: float, eps: float) -> None:
-    """One AdaGrad update of one tensor, in place (book lines 75-76); ``s`` is scratch."""
-    h.addcmul_(g, g)  # h += g*g
-    torch.sqrt(h, out=s).add_(eps)  # s = sqrt(h) + eps
-    p.addcdiv_(g, s, value=-lr)  # p -= lr*g/s
-
-
-def adagrad_foreach(
-    p: list[Tensor], g: list[Tensor], h: list[Tensor], s: list[Tensor], *, lr: float, eps: float
+def adagrad(
+    p: Tensor,
+    g: Tensor,
+    h: Tensor,
+    t: Any,
+    s: Optional[Tensor],
+    d: Optional[Tensor],
+    *,
+    lr: float,
+    lr_decay: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
 ) -> None:
-    """:func:`adagrad` for lists of tensors of one device and dtype (``torch._foreach_*``)."""
-    torch._foreach_addcmul_(h, g, g)  # h += g*g
-    torch._foreach_copy_(s, h)  # s = h ...
-    torch._foreach_sqrt_(s)  # ... s = sqrt(h) ...
-    torch._foreach_add_(s, eps)  # ... s = sqrt(h) + eps
-    torch._foreach_addcdiv_(p, g, s, value=-lr)  # p -= lr*g/s
+    """One AdaGrad step of parameter ``p`` (W) with gradient ``g``, in place.
 
-
-def _real(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if torch.is_complex(t) else t
+    ``h``: the sum of squared gradients (state ``sum``); ``t``: the step count (``t += 1``
+    advances state ``step``); ``s``, ``d``: scratch for the changed gradient and for the
+    denominator (``None``: new tensors). ``lr_decay`` is torch's (0: the book). Works unchanged
+    on :class:`~torch_dlbasics.optim._foreach.TensorList` s.
+    """
+    if maximize:
+        g = torch.neg(g, out=s)  # g = -g
+    if weight_decay != 0:
+        g = torch.add(g, p, alpha=weight_decay, out=s)  # g = g + λW  (L2 as a gradient, §6.4.2)
+    t += 1  # t = t + 1
+    lr_t = lr / (1 + (t - 1) * lr_decay)  # lr_t = lr / (1 + (t-1)*lr_decay)
+    h.addcmul_(g, g)  # h = h + g*g
+    d = torch.sqrt(h, out=d).add_(eps)  # d = sqrt(h) + eps
+    p.addcdiv_(g, d, value=-lr_t)  # W = W - lr_t * g / d
 
 
 class AdaGrad(Optimizer):
-    r"""AdaGrad as in the book (ch. 6.1.5).
+    r"""AdaGrad as in the book (§6.1.5), with torch's Adagrad signature.
 
     .. math::
 
-        g \leftarrow \pm g + \lambda p \qquad
+        g \leftarrow \pm \frac{\partial L}{\partial W} + \lambda W \qquad
+        \eta_t = \frac{\eta}{1 + (t-1)\,\delta} \\
         h \leftarrow h + g \odot g \qquad
-        p \leftarrow p - \eta\, \frac{g}{\sqrt{h} + \epsilon}
+        W \leftarrow W - \eta_t\, \frac{g}{\sqrt{h} + \epsilon}
 
-    with :math:`h_0 = 0` (``-g`` when ``maximize``; :math:`\lambda` = ``weight_decay``).
-    Complex parameters are updated as pairs of reals (``torch.view_as_real``), as torch does.
+    with :math:`h_0` = ``initial_accumulator_value`` (the book: 0), t the parameter's step
+    count and :math:`\delta` = ``lr_decay`` (the book: 0, so :math:`\eta_t = \eta`); ``-`` when
+    ``maximize``; :math:`\lambda` = ``weight_decay``. Complex parameters are updated as pairs of
+    reals (``torch.view_as_real``), as torch does. ``Adagrad`` is the same class under torch's
+    name, so ``from torch_dlbasics.optim import Adagrad`` replaces torch's import.
 
-    Equivalent torch call: ``torch.optim.Adagrad(params, lr=lr, eps=eps,
-    weight_decay=weight_decay, maximize=maximize)`` (``lr_decay=0``,
-    ``initial_accumulator_value=0``). They agree always (the same formula; torch's default eps
-    is 1e-10, ours the book's 1e-7, so pass eps explicitly to torch).
+    Equivalent torch call: ``torch.optim.Adagrad(params, lr, lr_decay, weight_decay,
+    initial_accumulator_value, eps, foreach, maximize=..., differentiable=..., fused=...)``,
+    every argument with the same meaning. They agree always (the same formula, to rounding);
+    torch's default eps is 1e-10, ours the book's 1e-7, so pass eps explicitly to compare. One
+    corner differs: a param group's own ``initial_accumulator_value`` is used for its
+    parameters (torch's constructor uses the constructor argument for every group).
 
-    Differences from the book: ``eps`` is an argument (the book hard-codes 1e-7); weight decay
-    and maximize are additions (off by default). State per parameter, named as torch names it:
-    ``sum`` (the book's ``h``) and ``step`` (a float scalar tensor counting the parameter's
-    updates; not used by the formula, kept so checkpoints move to and from torch). Like
-    ``torch.optim.Adagrad``, the state is created eagerly in ``__init__``.
+    Differences from the book: ``eps`` is an argument (the book hard-codes 1e-7); weight decay,
+    maximize, ``lr_decay`` and ``initial_accumulator_value`` are additions (default off). State
+    per parameter, named as torch names it: ``sum`` (the book's ``h``) and ``step`` (a float
+    scalar tensor t). Like ``torch.optim.Adagrad``, the state is created in ``__init__``.
 
     Args:
-        params: iterable of parameters or dicts defining parameter groups.
-        lr: learning rate :math:`\eta` (book default 0.01).
-        eps: :math:`\epsilon` added to :math:`\sqrt{h}` (book 1e-7).
+        params: iterable of parameters or named parameters, or dicts defining parameter groups.
+        lr: learning rate :math:`\eta`, a float or a 1-element tensor (book default 0.01).
+        lr_decay: torch's learning rate decay :math:`\delta` (default 0).
         weight_decay: L2 penalty :math:`\lambda` added to the gradient (default 0).
-        maximize: ascend instead of descend (default False).
+        initial_accumulator_value: :math:`h_0` (default 0).
+        eps: :math:`\epsilon` added to :math:`\sqrt{h}` (book 1e-7).
         foreach: ``True`` multi-tensor path, ``False`` per-tensor loop, ``None`` choose.
+        maximize: ascend instead of descend (default False).
+        differentiable: the step is differentiable (autograd records it), as torch's.
+        fused: ``True`` compiles the update with ``torch.compile`` (CPU and CUDA).
 
     Example:
         >>> import torch
@@ -87,82 +102,99 @@ class AdaGrad(Optimizer):
         >>> for _ in range(2):
         ...     w.grad = torch.full((1,), 2.0)
         ...     opt.step()
-        >>> opt.state[w]["sum"], w.data  # h = 4 + 4; p = 1 - 0.1*2/2 - 0.1*2/sqrt(8)
+        >>> opt.state[w]["sum"], w.data  # h = 4 + 4; W = 1 - 0.1*2/2 - 0.1*2/sqrt(8)
         (tensor([8.]), tensor([0.8293]))
     """
 
+    _NUMERIC = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+    _REQUIRED = ("lr", "eps")
+    _FILL: ClassVar[dict[str, Any]] = {
+        "lr_decay": 0.0,  # our checkpoints before torch's signature
+        "weight_decay": 0.0,
+        "initial_accumulator_value": 0.0,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+        "fused": None,
+    }
+    _STATE_KEYS = ("step", "sum")
+    _LATE_STATE = ()
+
     def __init__(
         self,
-        params: Any,
-        lr: float = 0.01,
-        eps: float = 1e-7,
+        params: ParamsT,
+        lr: Union[float, Tensor] = 0.01,
+        lr_decay: float = 0.0,
         weight_decay: float = 0.0,
-        maximize: bool = False,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-7,
         foreach: Optional[bool] = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
     ) -> None:
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_lr(lr)
+        check_non_negative("lr_decay", lr_decay)
+        check_non_negative("weight_decay", weight_decay)
+        check_non_negative("initial_accumulator_value", initial_accumulator_value)
+        check_non_negative("eps", eps)
+        check_engine_flags(foreach=foreach, fused=fused, differentiable=differentiable)
         defaults = {
             "lr": lr,
+            "lr_decay": lr_decay,
             "eps": eps,
             "weight_decay": weight_decay,
-            "maximize": maximize,
+            "initial_accumulator_value": initial_accumulator_value,
             "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
         }
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
-                self._init_state(p)
+                self._init_state(p, group, self.state[p])
 
-    def _init_state(self, p: Tensor) -> dict[str, Tensor]:
-        state = self.state[p]
-        if "sum" not in state:
-            scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-            state["step"] = torch.tensor(0.0, dtype=scalar)
-            state["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    @staticmethod
-    def _state_keys(group: dict[str, Any]) -> set[str]:
-        return {"step", "sum"}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check ``state_dict`` fits (class, parameter layout) before loading; see ``convert``."""
-        check_state_dict(self, state_dict, self._state_keys)
-        super().load_state_dict(state_dict)
-
-    @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """Perform one update; return the closure's loss (``None`` without a closure)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group, params, grads in params_with_grads(self):
-            if not params:
-                continue
-            states = [self._init_state(p) for p in params]
-            hs = [state["sum"] for state in states]
-            steps = [state["step"] for state in states]
-            lr, eps = group["lr"], group["eps"]
-            wd, maximize = group["weight_decay"], group["maximize"]
-            if use_foreach(group["foreach"], params):
-                grouped = self._group_tensors_by_device_and_dtype([params, grads, hs, steps])
-                for (ps, gs, h, t), _ in grouped.values():
-                    torch._foreach_add_(t, 1)
-                    gs = effective_grads_foreach(self, ps, gs, wd, maximize)
-                    if torch.is_complex(ps[0]):  # one dtype per list
-                        ps, gs, h = [[_real(x) for x in xs] for xs in (ps, gs, h)]
-                    adagrad_foreach(ps, gs, h, scratch(self, h, 1), lr=lr, eps=eps)
-            else:
-                for p, g, h, t in zip(params, grads, hs, steps):
-                    t += 1
-                    g = effective_grad(self, p, g, wd, maximize)
-                    p, g, h = _real(p), _real(g), _real(h)
-                    (s,) = scratch(self, [h], 1)
-                    adagrad(p, g, h, s, lr=lr, eps=eps)
-        return loss
+        return run_step(self, closure)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class or of ``torch.optim.Adagrad`` (the same state; torch's
+        hook protocol; a refused load changes nothing)."""
+        load_state_dict(self, state_dict, super().load_state_dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        restore_groups(self)
+
+    # Bookkeeping for the engine (torch_dlbasics.optim._step) -----------------------------
+    def _update(self, group: dict[str, Any], fresh: bool) -> tuple[Callable[..., None], dict]:
+        return adagrad, {
+            "lr": group["lr"],
+            "lr_decay": group["lr_decay"],
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "maximize": group["maximize"],
+        }
+
+    def _state_args(self, group: dict[str, Any]) -> tuple[Optional[str], ...]:
+        return ("sum", "step")
+
+    def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        on_device = bool(group["fused"])
+        state["step"] = torch.zeros(
+            (), dtype=step_dtype(on_device), device=p.device if on_device else "cpu"
+        )
+        h0 = scalar_value(group["initial_accumulator_value"])
+        state["sum"] = torch.full_like(
+            p, complex(h0, h0) if p.is_complex() else h0, memory_format=torch.preserve_format
+        )
+
+    def _scratch_slots(self, group: dict[str, Any]) -> tuple[bool, ...]:
+        return (bool(group["maximize"]) or scalar_value(group["weight_decay"]) != 0, True)
+
+
+Adagrad = AdaGrad
+"""torch's name for :class:`AdaGrad` (the same class)."""

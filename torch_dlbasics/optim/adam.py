@@ -1,4 +1,4 @@
-"""Adam, the book's ``class Adam``: momentum and AdaGrad-like scaling, with bias correction.
+"""Adam, the book's ``class Adam`` (§6.1.6): momentum and AdaGrad-like scaling, bias-corrected.
 
 .. math::
 
@@ -10,23 +10,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
-from .convert import (
-    _compiling,
-    check_state_dict,
-    effective_grad,
-    effective_grads_foreach,
-    params_with_grads,
-    scratch,
-    use_foreach,
-)
+from ._hyperparameters import check_betas, check_engine_flags, check_lr, check_non_negative
+from ._state_dict import load_state_dict, restore_groups, step_dtype
+from ._step import run_step
 
-__all__ = ["Adam", "adam", "adam_foreach"]
+__all__ = ["Adam", "AdamW", "adam"]
 
 
 def adam(
@@ -35,98 +30,75 @@ def adam(
     m: Tensor,
     v: Tensor,
     v_max: Optional[Tensor],
-    s: Tensor,
+    t: Any,
+    s: Optional[Tensor],
     *,
-    lr_t: float,
+    lr: float,
     beta1: float,
     beta2: float,
     eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    eps_after_bias_correction: bool,
 ) -> None:
-    """One Adam update of one tensor, in place (book lines 95-101); ``s`` is scratch.
+    """One Adam step of parameter ``p`` (W) with gradient ``g``, in place.
 
-    ``v_max`` is the AMSGrad running maximum of ``v`` (``None`` without amsgrad).
+    ``m``, ``v``: the moments (state ``exp_avg``, ``exp_avg_sq``); ``v_max``: AMSGrad's running
+    maximum of v (state ``max_exp_avg_sq``; ``None`` without amsgrad); ``t``: the step count
+    (``t += 1`` advances state ``step``); ``s``: scratch for the changed gradient and then the
+    denominator (``None``: a new tensor). Works unchanged on
+    :class:`~torch_dlbasics.optim._foreach.TensorList` s.
     """
-    m.lerp_(g, 1 - beta1)  # m += (1-beta1)*(g-m)
-    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v += (1-beta2)*(g*g-v)
-    if v_max is not None:
-        v = torch.maximum(v_max, v, out=v_max)  # v_max = max(v_max, v), used in place of v
-    torch.sqrt(v, out=s).add_(eps)  # s = sqrt(v) + eps
-    p.addcdiv_(m, s, value=-lr_t)  # p -= lr_t*m/s
-
-
-def adam_foreach(
-    p: list[Tensor],
-    g: list[Tensor],
-    m: list[Tensor],
-    v: list[Tensor],
-    v_max: Optional[list[Tensor]],
-    s: list[Tensor],
-    *,
-    lr_t: list[float],
-    beta1: float,
-    beta2: float,
-    eps: Union[float, list[float]],
-) -> None:
-    """:func:`adam` for lists of tensors of one device and dtype (``torch._foreach_*``).
-
-    ``lr_t`` (and ``eps`` when it depends on t) hold one value per tensor: tensors whose
-    gradient was ``None`` at some step have a smaller t.
-    """
-    torch._foreach_lerp_(m, g, 1 - beta1)  # m += (1-beta1)*(g-m)
-    torch._foreach_mul_(v, beta2)  # v = beta2*v ...
-    torch._foreach_addcmul_(v, g, g, value=1 - beta2)  # ... + (1-beta2)*g*g
-    if v_max is not None:
-        torch._foreach_maximum_(v_max, v)  # v_max = max(v_max, v), used in place of v
-        v = v_max
-    torch._foreach_copy_(s, v)  # s = v ...
-    torch._foreach_sqrt_(s)  # ... s = sqrt(v) ...
-    torch._foreach_add_(s, eps)  # ... s = sqrt(v) + eps
-    torch._foreach_addcdiv_(p, m, s, [-x for x in lr_t])  # p -= lr_t*m/s
-
-
-def lr_t_and_eps(group: dict[str, Any], t: float) -> tuple[float, float]:
-    """The book's bias-corrected step size lr_t at step t, and the eps to add to sqrt(v).
-
-    With ``eps_after_bias_correction`` (torch's form) the eps is ``eps*sqrt(1-beta2**t)``:
-    ``lr/(1-beta1**t) * m/(sqrt(v)/sqrt(1-beta2**t) + eps) == lr_t * m/(sqrt(v) + that)``.
-    """
-    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-    lr_t = lr * (1 - beta2**t) ** 0.5 / (1 - beta1**t)  # lr_t = lr*sqrt(1-beta2**t)/(1-beta1**t)
-    return lr_t, eps * (1 - beta2**t) ** 0.5 if group["eps_after_bias_correction"] else eps
-
-
-def _real(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if torch.is_complex(t) else t
+    if maximize:
+        g = torch.neg(g, out=s)  # g = -g
+    if weight_decay != 0 and not decoupled_weight_decay:
+        g = torch.add(g, p, alpha=weight_decay, out=s)  # g = g + λW  (L2 as a gradient, §6.4.2)
+    if weight_decay != 0 and decoupled_weight_decay:
+        p.mul_(1 - lr * weight_decay)  # W = W * (1 - lr*λ)  (AdamW's decoupled decay)
+    t += 1  # t = t + 1
+    lr_t = lr * (1 - beta2**t) ** 0.5 / (1 - beta1**t)  # lr_t = lr * sqrt(1-β2^t) / (1-β1^t)
+    m.lerp_(g, 1 - beta1)  # m = m + (1-β1)*(g - m)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v = v + (1-β2)*(g*g - v)
+    if amsgrad:
+        v = v_max.clamp_min_(v)  # v_max = max(v_max, v), used as v
+    if eps_after_bias_correction:
+        eps = eps * (1 - beta2**t) ** 0.5  # torch's eps, moved before the bias correction
+    s = torch.sqrt(v, out=s).add_(eps)  # s = sqrt(v) + eps
+    p.addcdiv_(m, s, value=-lr_t)  # W = W - lr_t * m / s
 
 
 class Adam(Optimizer):
-    r"""Adam as in the book (ch. 6.1.6), with bias correction folded into the step size.
+    r"""Adam as in the book (§6.1.6), bias correction folded into the step size, with torch's
+    Adam signature.
 
     .. math::
 
-        g \leftarrow \pm g + \lambda p \qquad
+        g \leftarrow \pm \frac{\partial L}{\partial W} + \lambda W \qquad
         \eta_t = \eta \,\sqrt{1-\beta_2^t}\,/\,(1-\beta_1^t) \\
         m \leftarrow m + (1-\beta_1)(g - m) \qquad
         v \leftarrow v + (1-\beta_2)(g \odot g - v) \qquad
-        p \leftarrow p - \eta_t\, \frac{m}{\sqrt{v} + \epsilon}
+        W \leftarrow W - \eta_t\, \frac{m}{\sqrt{v} + \epsilon}
 
-    with :math:`m_0 = v_0 = 0` and t the parameter's step count (``-g`` when ``maximize``;
+    with :math:`m_0 = v_0 = 0` and t the parameter's step count (``-`` when ``maximize``;
     coupled L2 :math:`\lambda` = ``weight_decay``). ``decoupled_weight_decay=True`` instead
-    multiplies :math:`p \leftarrow p(1 - \eta\lambda)` first and leaves g alone (AdamW).
-    ``amsgrad=True`` uses :math:`\hat v \leftarrow \max(\hat v, v)` in place of v in the last
-    line. Complex parameters are updated as pairs of reals (``torch.view_as_real``), as torch.
+    multiplies :math:`W \leftarrow W(1 - \eta\lambda)` first and leaves g alone (AdamW, also
+    :class:`AdamW`). ``amsgrad=True`` uses :math:`\hat v \leftarrow \max(\hat v, v)` in place of
+    v in the last line. Complex parameters are updated as pairs of reals, as torch.
 
     Epsilon: the book adds :math:`\epsilon` to :math:`\sqrt{v}` *before* bias correction; torch
-    adds it after, :math:`p \leftarrow p - \frac{\eta}{1-\beta_1^t}
+    adds it after, :math:`W \leftarrow W - \frac{\eta}{1-\beta_1^t}
     \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}`, which is the book's line with
     :math:`\epsilon\sqrt{1-\beta_2^t}` in place of :math:`\epsilon`. With
     ``eps_after_bias_correction=True`` that is what is used, so the result is torch's.
 
-    Equivalent torch call: ``torch.optim.Adam(params, lr=lr, betas=betas, eps=eps,
-    weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)``
-    (``torch.optim.AdamW`` for ``decoupled_weight_decay=True``). They agree exactly when
-    ``eps == 0``, or for any eps with ``eps_after_bias_correction=True``. With the book's
-    default (eps=1e-7 before bias correction) they differ by O(eps) in the early steps.
+    Equivalent torch call: ``torch.optim.Adam(params, lr, betas, eps, weight_decay, amsgrad,
+    foreach=..., maximize=..., capturable=..., differentiable=..., fused=...,
+    decoupled_weight_decay=...)`` (``torch.optim.AdamW`` for decoupled decay), every argument with
+    the same meaning. They agree exactly (to rounding) when ``eps == 0``, or for any eps with
+    ``eps_after_bias_correction=True``. With the book's default (eps=1e-7 before bias
+    correction) they differ by O(eps) in the early steps.
 
     Differences from the book: ``betas`` replaces ``beta1, beta2`` and ``eps`` is an argument
     (the book hard-codes 1e-7), as in torch; the step count t is per parameter (the book has
@@ -136,16 +108,19 @@ class Adam(Optimizer):
     amsgrad, ``max_exp_avg_sq``; created at the parameter's first step.
 
     Args:
-        params: iterable of parameters or dicts defining parameter groups.
-        lr: learning rate :math:`\eta` (book default 0.001).
-        betas: :math:`(\beta_1, \beta_2)` (book default (0.9, 0.999)).
+        params: iterable of parameters or named parameters, or dicts defining parameter groups.
+        lr: learning rate :math:`\eta`, a float or a 1-element tensor (book default 0.001).
+        betas: :math:`(\beta_1, \beta_2)`, floats or 1-element tensors (book (0.9, 0.999)).
         eps: :math:`\epsilon` (book 1e-7).
         weight_decay: :math:`\lambda` (default 0).
         amsgrad: use the running maximum of v (default False).
-        decoupled_weight_decay: AdamW-style decay (default False).
+        foreach: ``True`` multi-tensor path, ``False`` per-tensor loop, ``None`` choose.
         maximize: ascend instead of descend (default False).
-        foreach: ``True`` multi-tensor path, ``False`` per-tensor loop, ``None`` choose
-            (under ``torch.compile`` always the per-tensor loop, which the compiler fuses).
+        capturable: keep the step counts on the device and read nothing back, so the step can
+            be captured in a CUDA graph (as torch: CUDA and other graph-capable devices only).
+        differentiable: the step is differentiable (autograd records it), as torch's.
+        fused: ``True`` compiles the update with ``torch.compile`` (CPU and CUDA).
+        decoupled_weight_decay: AdamW-style decay (default False).
         eps_after_bias_correction: add eps after bias correction, as torch (default False:
             the book's form).
 
@@ -160,127 +135,172 @@ class Adam(Optimizer):
         (tensor([0.9000]), tensor(1.))
     """
 
+    _NUMERIC = ("lr", "betas", "eps", "weight_decay")
+    _REQUIRED = ("lr", "betas", "eps", "eps_after_bias_correction")
+    _FILL: ClassVar[dict[str, Any]] = {
+        "weight_decay": 0.0,
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "fused": None,
+        "decoupled_weight_decay": False,
+    }
+    _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _LATE_STATE = ("max_exp_avg_sq",)  # amsgrad switched on after some steps: created then
+
     def __init__(
         self,
-        params: Any,
-        lr: float = 0.001,
-        betas: tuple[float, float] = (0.9, 0.999),
+        params: ParamsT,
+        lr: Union[float, Tensor] = 0.001,
+        betas: tuple[Union[float, Tensor], Union[float, Tensor]] = (0.9, 0.999),
         eps: float = 1e-7,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
-        decoupled_weight_decay: bool = False,
-        maximize: bool = False,
+        *,
         foreach: Optional[bool] = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        decoupled_weight_decay: bool = False,
         eps_after_bias_correction: bool = False,
     ) -> None:
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if isinstance(lr, Tensor) and foreach and not capturable:
+            raise ValueError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        check_lr(lr)
+        check_non_negative("eps", eps)
+        betas = check_betas(betas, foreach=foreach, capturable=capturable)
+        check_non_negative("weight_decay", weight_decay)
+        check_engine_flags(foreach=foreach, fused=fused, differentiable=differentiable)
         defaults = {
             "lr": lr,
-            "betas": tuple(betas),
+            "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,
-            "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
             "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
             "eps_after_bias_correction": eps_after_bias_correction,
         }
         super().__init__(params, defaults)
 
-    @staticmethod
-    def _state_keys(group: dict[str, Any]) -> set[str]:
-        keys = {"step", "exp_avg", "exp_avg_sq"}
-        return keys | {"max_exp_avg_sq"} if group.get("amsgrad") else keys
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check ``state_dict`` fits (class, parameter layout) before loading; see ``convert``."""
-        check_state_dict(self, state_dict, self._state_keys)
-        super().load_state_dict(state_dict)
-
-    def _init_state(self, p: Tensor, amsgrad: bool) -> dict[str, Tensor]:
-        state = self.state[p]
-        if "step" not in state:
-            scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-            state["step"] = torch.tensor(0.0, dtype=scalar)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if amsgrad and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """Perform one update; return the closure's loss (``None`` without a closure)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        compiling = _compiling()
-        for group, params, grads in params_with_grads(self):
-            if not params:
-                continue
-            amsgrad = group["amsgrad"]
-            states = [self._init_state(p, amsgrad) for p in params]
-            ms = [state["exp_avg"] for state in states]
-            vs = [state["exp_avg_sq"] for state in states]
-            v_maxs = [state["max_exp_avg_sq"] for state in states] if amsgrad else None
-            steps = [state["step"] for state in states]
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            wd, maximize = group["weight_decay"], group["maximize"]
-            decoupled = group["decoupled_weight_decay"]
-            eps_after = group["eps_after_bias_correction"]
-            wd_g = 0.0 if decoupled else wd  # coupled L2 goes into the gradient
+        check = getattr(self, "_accelerator_graph_capture_health_check", None)
+        (check or self._cuda_graph_capture_health_check)()  # torch's CUDA-graph checks
+        return run_step(self, closure)
 
-            # Under torch.compile the per-tensor path, whatever ``foreach`` says: the multi-tensor
-            # path needs the step counts as Python floats (one lr_t per tensor), which would
-            # break the graph; the compiler fuses the per-tensor ops itself.
-            if use_foreach(group["foreach"], params) and not compiling:
-                lists = [params, grads, ms, vs, steps] + ([v_maxs] if amsgrad else [])
-                for tensors, _ in self._group_tensors_by_device_and_dtype(lists).values():
-                    ps, gs, m, v, t = tensors[:5]
-                    v_max = tensors[5] if amsgrad else None
-                    torch._foreach_add_(t, 1)
-                    if decoupled and wd != 0:
-                        torch._foreach_mul_(ps, 1 - lr * wd)  # p *= 1 - lr*weight_decay
-                    gs = effective_grads_foreach(self, ps, gs, wd_g, maximize)
-                    ts = torch.stack(t).tolist()  # one read for all step counts
-                    table = {x: lr_t_and_eps(group, x) for x in set(ts)}
-                    lr_ts, epss = [table[x][0] for x in ts], [table[x][1] for x in ts]
-                    if torch.is_complex(ps[0]):  # one dtype per list
-                        ps, gs, m, v = [[_real(x) for x in xs] for xs in (ps, gs, m, v)]
-                        v_max = [_real(x) for x in v_max] if v_max is not None else None
-                    adam_foreach(
-                        ps,
-                        gs,
-                        m,
-                        v,
-                        v_max,
-                        scratch(self, v, 1),
-                        lr_t=lr_ts,
-                        beta1=beta1,
-                        beta2=beta2,
-                        eps=epss if eps_after else eps,
-                    )
-            else:
-                for i, (p, g, m, v, t) in enumerate(zip(params, grads, ms, vs, steps)):
-                    t += 1
-                    if decoupled and wd != 0:
-                        p.mul_(1 - lr * wd)  # p *= 1 - lr*weight_decay
-                    g = effective_grad(self, p, g, wd_g, maximize)
-                    # Under torch.compile the step stays a tensor (no .item() in the graph).
-                    lr_t, eps_t = lr_t_and_eps(group, t if compiling else t.item())
-                    v_max = v_maxs[i] if v_maxs is not None else None
-                    p, g, m, v = _real(p), _real(g), _real(m), _real(v)
-                    v_max = _real(v_max) if v_max is not None else None
-                    (s,) = scratch(self, [v], 1)
-                    adam(p, g, m, v, v_max, s, lr_t=lr_t, beta1=beta1, beta2=beta2, eps=eps_t)
-        return loss
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class (torch's hook protocol; a refused load changes
+        nothing). A ``torch.optim.Adam``/``AdamW`` state dict: see ``convert.from_torch``."""
+        load_state_dict(self, state_dict, super().load_state_dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        restore_groups(self)
+
+    # Bookkeeping for the engine (torch_dlbasics.optim._step) -----------------------------
+    def _update(self, group: dict[str, Any], fresh: bool) -> tuple[Callable[..., None], dict]:
+        if group["foreach"] and isinstance(group["lr"], Tensor) and not group["capturable"]:
+            raise RuntimeError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        beta1, beta2 = group["betas"]
+        return adam, {
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "amsgrad": group["amsgrad"],
+            "maximize": group["maximize"],
+            "decoupled_weight_decay": group["decoupled_weight_decay"],
+            "eps_after_bias_correction": group["eps_after_bias_correction"],
+        }
+
+    def _state_args(self, group: dict[str, Any]) -> tuple[Optional[str], ...]:
+        v_max = "max_exp_avg_sq" if group["amsgrad"] else None
+        return ("exp_avg", "exp_avg_sq", v_max, "step")
+
+    def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        on_device = bool(group["capturable"] or group["fused"])
+        if "step" not in state:
+            state["step"] = torch.zeros(
+                (), dtype=step_dtype(on_device), device=p.device if on_device else "cpu"
+            )
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq" if group["amsgrad"] else None):
+            if key is not None and key not in state:
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _scratch_slots(self, group: dict[str, Any]) -> tuple[bool, ...]:
+        return (True,)
+
+
+class AdamW(Adam):
+    r"""AdamW: :class:`Adam` with decoupled weight decay, with torch's AdamW signature.
+
+    The formula is :func:`adam` with ``decoupled_weight_decay=True``:
+    :math:`W \leftarrow W(1 - \eta\lambda)` before the Adam step, the gradient left alone
+    (Loshchilov & Hutter, arXiv:1711.05101). Defaults: the book's Adam (``lr=0.001``,
+    ``eps=1e-7`` before bias correction) and torch's AdamW ``weight_decay=0.01``.
+
+    Equivalent torch call: ``torch.optim.AdamW(params, lr, betas, eps, weight_decay, amsgrad,
+    maximize=..., foreach=..., capturable=..., differentiable=..., fused=...)``; they agree
+    exactly (to rounding) with ``eps_after_bias_correction=True`` or ``eps=0`` (see
+    :class:`Adam`). Loading a state dict keeps ``decoupled_weight_decay=True``, as torch's.
+
+    Example:
+        >>> import torch
+        >>> from torch_dlbasics.optim import AdamW
+        >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+        >>> opt = AdamW([w], lr=0.1, weight_decay=0.5, eps=0.0)
+        >>> w.grad = torch.full((1,), 3.0)
+        >>> opt.step()  # W = 1*(1 - 0.1*0.5) - 0.1
+        >>> w.data
+        tensor([0.8500])
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: Union[float, Tensor] = 0.001,
+        betas: tuple[Union[float, Tensor], Union[float, Tensor]] = (0.9, 0.999),
+        eps: float = 1e-7,
+        weight_decay: float = 0.01,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        eps_after_bias_correction: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            eps_after_bias_correction=eps_after_bias_correction,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

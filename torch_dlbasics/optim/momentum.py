@@ -1,4 +1,4 @@
-"""Momentum, the book's ``class Momentum``: a velocity that keeps the learning rate inside.
+"""Momentum, the book's ``class Momentum`` (§6.1.4): a velocity that keeps the learning rate inside.
 
 .. math::
 
@@ -7,71 +7,84 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
-from .convert import (
-    check_state_dict,
-    effective_grad,
-    effective_grads_foreach,
-    params_with_grads,
-    use_foreach,
-)
+from .sgd import SGD
 
-__all__ = ["Momentum", "momentum", "momentum_foreach"]
+__all__ = ["Momentum", "momentum"]
 
 
-def momentum(p: Tensor, g: Tensor, v: Tensor, *, lr: float, momentum: float) -> None:
-    """One Momentum update of one tensor, in place (book lines 35-36)."""
-    v.mul_(momentum).add_(g, alpha=-lr)  # v = momentum*v - lr*g
-    p.add_(v)  # p += v
-
-
-def momentum_foreach(
-    p: list[Tensor], g: list[Tensor], v: list[Tensor], *, lr: float, momentum: float
+def momentum(
+    p: Tensor,
+    g: Tensor,
+    v: Tensor,
+    s: Optional[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    maximize: bool,
 ) -> None:
-    """:func:`momentum` for lists of tensors of one device and dtype (``torch._foreach_*``)."""
-    torch._foreach_mul_(v, momentum)  # v = momentum*v ...
-    torch._foreach_add_(v, g, alpha=-lr)  # ... - lr*g
-    torch._foreach_add_(p, v)  # p += v
+    """One Momentum step of parameter ``p`` (W) with gradient ``g`` and velocity ``v``, in place.
+
+    ``dampening`` is torch's (0: the book); ``s``: scratch for the changed gradient (``None``:
+    a new tensor). Works unchanged on :class:`~torch_dlbasics.optim._foreach.TensorList` s.
+    """
+    if maximize:
+        g = torch.neg(g, out=s)  # g = -g
+    if weight_decay != 0:
+        g = torch.add(g, p, alpha=weight_decay, out=s)  # g = g + λW  (L2 as a gradient, §6.4.2)
+    v.mul_(momentum).add_(g, alpha=-(1 - dampening) * lr)  # v = αv - (1-τ)*lr*g
+    p.add_(v)  # W = W + v
 
 
-class Momentum(Optimizer):
-    r"""Momentum SGD as in the book (ch. 6.1.4), the learning rate kept inside the velocity.
+class Momentum(SGD):
+    r"""Momentum SGD as in the book (§6.1.4), the learning rate kept inside the velocity.
 
     .. math::
 
-        g \leftarrow \pm g + \lambda p \qquad
-        v \leftarrow \mu v - \eta\, g \qquad
-        p \leftarrow p + v
+        g \leftarrow \pm \frac{\partial L}{\partial W} + \lambda W \qquad
+        v \leftarrow \alpha v - (1-\tau)\,\eta\, g \qquad
+        W \leftarrow W + v
 
-    with :math:`v_0 = 0` (``-g`` when ``maximize``; :math:`\lambda` = ``weight_decay``).
+    with :math:`v_0 = 0` (``-`` when ``maximize``; :math:`\lambda` = ``weight_decay``; torch's
+    dampening :math:`\tau` is 0 by default and not applied at the first step, as torch).
+    This is :class:`~torch_dlbasics.optim.SGD` with the book's default ``momentum=0.9``: the
+    same signature (torch's SGD), the same checkpoints; ``nesterov=True`` makes it
+    :class:`~torch_dlbasics.optim.Nesterov`, ``momentum=0`` plain SGD.
 
     Equivalent torch call: ``torch.optim.SGD(params, lr=lr, momentum=momentum,
-    weight_decay=weight_decay, maximize=maximize)`` (``dampening=0``, ``nesterov=False``).
-    They agree exactly when ``lr`` is constant, with ``v = -lr * momentum_buffer``: torch keeps
-    ``b = mu*b + g; p -= lr*b`` (lr outside the buffer).
+    dampening=dampening, weight_decay=weight_decay, maximize=maximize)``. They agree exactly
+    (to rounding) while ``lr`` is constant, with ``v = -lr * momentum_buffer``: torch keeps
+    ``b = mu*b + (1-tau)*g; W -= lr*b`` (lr outside the buffer).
 
     When ``lr`` changes (an LR scheduler), the two differ: here an lr change acts on new
     gradients only and the velocity keeps the old steps' lr; torch's buffer is multiplied by the
     *new* lr as a whole. Example (``mu = 0.9``, gradient 1 every step, lr 1.0 at step 1, 0.1 at
-    step 2): book ``v1 = -1, v2 = 0.9*(-1) - 0.1 = -1.0`` moves p by -1.0 at step 2; torch
-    ``b1 = 1, b2 = 1.9`` moves p by ``-0.1*1.9 = -0.19``. See the README.
+    step 2): book ``v1 = -1, v2 = 0.9*(-1) - 0.1 = -1.0`` moves W by -1.0 at step 2; torch
+    ``b1 = 1, b2 = 1.9`` moves W by ``-0.1*1.9 = -0.19``.
 
-    Differences from the book: weight decay and maximize are additions (off by default).
-    State per parameter: ``v`` (book ``self.v[key]``), created at the parameter's first step;
-    :func:`torch_dlbasics.optim.convert.to_torch` / ``from_torch`` convert checkpoints.
+    Differences from the book: weight decay, maximize, dampening are additions (off by
+    default). State per parameter: ``v`` (book ``self.v[key]``), created at the parameter's
+    first step; :func:`torch_dlbasics.optim.convert.to_torch` / ``from_torch`` convert
+    checkpoints.
 
     Args:
-        params: iterable of parameters or dicts defining parameter groups.
-        lr: learning rate :math:`\eta` (book default 0.01).
-        momentum: :math:`\mu` (book default 0.9).
+        params: iterable of parameters or named parameters, or dicts defining parameter groups.
+        lr: learning rate :math:`\eta`, a float or a 1-element tensor (book default 0.01).
+        momentum: :math:`\alpha` (book default 0.9).
+        dampening: torch's dampening :math:`\tau` (default 0).
         weight_decay: L2 penalty :math:`\lambda` added to the gradient (default 0).
+        nesterov: the Nesterov step instead (default False).
         maximize: ascend instead of descend (default False).
         foreach: ``True`` multi-tensor path, ``False`` per-tensor loop, ``None`` choose.
+        differentiable: the step is differentiable (autograd records it), as torch's.
+        fused: ``True`` compiles the update with ``torch.compile`` (CPU and CUDA).
 
     Example:
         >>> import torch
@@ -87,61 +100,27 @@ class Momentum(Optimizer):
 
     def __init__(
         self,
-        params: Any,
-        lr: float = 0.01,
+        params: ParamsT,
+        lr: Union[float, Tensor] = 0.01,
         momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: Union[float, Tensor] = 0.0,
+        nesterov: bool = False,
+        *,
         maximize: bool = False,
         foreach: Optional[bool] = None,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
-        super().__init__(params, defaults)
-
-    @staticmethod
-    def _state_keys(group: dict[str, Any]) -> set[str]:
-        return {"v"}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check ``state_dict`` fits (class, parameter layout) before loading; see ``convert``."""
-        check_state_dict(self, state_dict, self._state_keys)
-        super().load_state_dict(state_dict)
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Perform one update; return the closure's loss (``None`` without a closure)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group, params, grads in params_with_grads(self):
-            if not params:
-                continue
-            vs = []
-            for p in params:
-                state = self.state[p]
-                if "v" not in state:
-                    state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                vs.append(state["v"])
-            lr, mu = group["lr"], group["momentum"]
-            wd, maximize = group["weight_decay"], group["maximize"]
-            if use_foreach(group["foreach"], params):
-                grouped = self._group_tensors_by_device_and_dtype([params, grads, vs])
-                for (ps, gs, v), _ in grouped.values():
-                    gs = effective_grads_foreach(self, ps, gs, wd, maximize)
-                    momentum_foreach(ps, gs, v, lr=lr, momentum=mu)
-            else:
-                for p, g, v in zip(params, grads, vs):
-                    momentum(p, effective_grad(self, p, g, wd, maximize), v, lr=lr, momentum=mu)
-        return loss
+        super().__init__(
+            params,
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+        )

@@ -1,4 +1,5 @@
-"""Nesterov, the book's ``class Nesterov`` as corrected by its author in January 2021.
+"""Nesterov, the book's ``class Nesterov`` (with §6.1; ``common/optimizer.py``), as corrected
+by its author in January 2021.
 
 .. math::
 
@@ -8,72 +9,85 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, ClassVar, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
-from .convert import (
-    check_state_dict,
-    effective_grad,
-    effective_grads_foreach,
-    params_with_grads,
-    use_foreach,
-)
+from .sgd import SGD
 
-__all__ = ["Nesterov", "nesterov", "nesterov_foreach"]
+__all__ = ["Nesterov", "nesterov"]
 
 
-def nesterov(p: Tensor, g: Tensor, v: Tensor, *, lr: float, momentum: float) -> None:
-    """One Nesterov update of one tensor, in place (the book's corrected code, 2021)."""
-    p.add_(v, alpha=momentum**2)  # p += momentum**2*v ...
-    p.add_(g, alpha=-(1 + momentum) * lr)  # ... - (1+momentum)*lr*g
-    v.mul_(momentum).add_(g, alpha=-lr)  # v = momentum*v - lr*g
-
-
-def nesterov_foreach(
-    p: list[Tensor], g: list[Tensor], v: list[Tensor], *, lr: float, momentum: float
+def nesterov(
+    p: Tensor,
+    g: Tensor,
+    v: Tensor,
+    s: Optional[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    maximize: bool,
 ) -> None:
-    """:func:`nesterov` for lists of tensors of one device and dtype (``torch._foreach_*``)."""
-    torch._foreach_add_(p, v, alpha=momentum**2)  # p += momentum**2*v ...
-    torch._foreach_add_(p, g, alpha=-(1 + momentum) * lr)  # ... - (1+momentum)*lr*g
-    torch._foreach_mul_(v, momentum)  # v = momentum*v ...
-    torch._foreach_add_(v, g, alpha=-lr)  # ... - lr*g
+    """One Nesterov step of parameter ``p`` (W) with gradient ``g`` and velocity ``v``, in place.
+
+    ``W`` moves with ``v`` from *before* its update (the 2021 correction). ``dampening`` is
+    torch's (0: the book, and all torch allows with Nesterov at construction); ``s``: scratch for
+    the changed gradient (``None``: a new tensor). Works unchanged on
+    :class:`~torch_dlbasics.optim._foreach.TensorList` s.
+    """
+    if maximize:
+        g = torch.neg(g, out=s)  # g = -g
+    if weight_decay != 0:
+        g = torch.add(g, p, alpha=weight_decay, out=s)  # g = g + λW  (L2 as a gradient, §6.4.2)
+    # W = W + α²v - (1+α)*lr*g
+    p.add_(v, alpha=momentum**2).add_(g, alpha=-(1 + momentum * (1 - dampening)) * lr)
+    v.mul_(momentum).add_(g, alpha=-(1 - dampening) * lr)  # v = αv - lr*g
 
 
-class Nesterov(Optimizer):
-    r"""Nesterov momentum as in the book (ch. 6.1.6 code), with its author's 2021 correction.
+class Nesterov(SGD):
+    r"""Nesterov momentum as in the book (§6.1 code), with its author's 2021 correction.
 
     .. math::
 
-        g \leftarrow \pm g + \lambda p \qquad
-        p \leftarrow p + \mu^2 v - (1+\mu)\,\eta\, g \qquad
-        v \leftarrow \mu v - \eta\, g
+        g \leftarrow \pm \frac{\partial L}{\partial W} + \lambda W \qquad
+        W \leftarrow W + \alpha^2 v - (1+\alpha)\,\eta\, g \qquad
+        v \leftarrow \alpha v - \eta\, g
 
-    with :math:`v_0 = 0`; the update of ``p`` uses ``v`` *before* its update.
+    with :math:`v_0 = 0`; the update of ``W`` uses ``v`` *before* its update. This is
+    :class:`~torch_dlbasics.optim.SGD` with the book's defaults ``momentum=0.9,
+    nesterov=True`` (torch's SGD signature; ``nesterov=False`` makes it
+    :class:`~torch_dlbasics.optim.Momentum`).
 
     Erratum: the book's printed code (and the seed file) first updates ``v`` and then uses the
-    new ``v`` (``p += mu**2 * v_new - (1+mu)*lr*g``), which matches neither Bengio et al. 2012
+    new ``v`` (``W += mu**2 * v_new - (1+mu)*lr*g``), which matches neither Bengio et al. 2012
     (arXiv:1212.0901, eq. 7) nor torch. The author corrected it in January 2021 to the order
     above, which is what this class implements.
 
     Equivalent torch call: ``torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
-    weight_decay=weight_decay, maximize=maximize)``. They agree exactly when ``lr`` is constant,
-    with ``v = -lr * momentum_buffer`` (torch: ``b = mu*b + g; p -= lr*(g + mu*b)``, which
-    expands to ``p -= lr*((1+mu)*g + mu**2*b_old)``). Under an LR scheduler they differ as for
-    :class:`~torch_dlbasics.optim.Momentum` (the velocity keeps each step's own lr).
+    weight_decay=weight_decay, maximize=maximize)``. They agree exactly (to rounding) while
+    ``lr`` is constant, with ``v = -lr * momentum_buffer`` (torch: ``b = mu*b + g;
+    W -= lr*(g + mu*b)``, which expands to ``W -= lr*((1+mu)*g + mu**2*b_old)``). Under an LR
+    scheduler they differ as for :class:`~torch_dlbasics.optim.Momentum` (the velocity keeps
+    each step's own lr).
 
     Differences from the book: the 2021 correction above; weight decay and maximize are
     additions (off by default). State per parameter: ``v``, created at the first step.
 
     Args:
-        params: iterable of parameters or dicts defining parameter groups.
-        lr: learning rate :math:`\eta` (book default 0.01).
-        momentum: :math:`\mu` (book default 0.9).
+        params: iterable of parameters or named parameters, or dicts defining parameter groups.
+        lr: learning rate :math:`\eta`, a float or a 1-element tensor (book default 0.01).
+        momentum: :math:`\alpha` (book default 0.9; must be > 0).
+        dampening: must be 0 with Nesterov (torch's rule).
         weight_decay: L2 penalty :math:`\lambda` added to the gradient (default 0).
+        nesterov: default True (False: the Momentum step).
         maximize: ascend instead of descend (default False).
         foreach: ``True`` multi-tensor path, ``False`` per-tensor loop, ``None`` choose.
+        differentiable: the step is differentiable (autograd records it), as torch's.
+        fused: ``True`` compiles the update with ``torch.compile`` (CPU and CUDA).
 
     Example:
         >>> import torch
@@ -83,69 +97,35 @@ class Nesterov(Optimizer):
         >>> for _ in range(2):
         ...     w.grad = torch.ones(1)
         ...     opt.step()
-        >>> opt.state[w]["v"], w.data  # step 2: p += 0.81*(-0.1) - 1.9*0.1
+        >>> opt.state[w]["v"], w.data  # step 2: W += 0.81*(-0.1) - 1.9*0.1
         (tensor([-0.1900]), tensor([0.5390]))
     """
 
+    _FILL: ClassVar[dict[str, Any]] = {**SGD._FILL, "nesterov": True}  # checkpoints before the flag
+
     def __init__(
         self,
-        params: Any,
-        lr: float = 0.01,
+        params: ParamsT,
+        lr: Union[float, Tensor] = 0.01,
         momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: Union[float, Tensor] = 0.0,
+        nesterov: bool = True,
+        *,
         maximize: bool = False,
         foreach: Optional[bool] = None,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if momentum == 0.0:
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
-        super().__init__(params, defaults)
-
-    @staticmethod
-    def _state_keys(group: dict[str, Any]) -> set[str]:
-        return {"v"}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check ``state_dict`` fits (class, parameter layout) before loading; see ``convert``."""
-        check_state_dict(self, state_dict, self._state_keys)
-        super().load_state_dict(state_dict)
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Perform one update; return the closure's loss (``None`` without a closure)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group, params, grads in params_with_grads(self):
-            if not params:
-                continue
-            vs = []
-            for p in params:
-                state = self.state[p]
-                if "v" not in state:
-                    state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                vs.append(state["v"])
-            lr, mu = group["lr"], group["momentum"]
-            wd, maximize = group["weight_decay"], group["maximize"]
-            if use_foreach(group["foreach"], params):
-                grouped = self._group_tensors_by_device_and_dtype([params, grads, vs])
-                for (ps, gs, v), _ in grouped.values():
-                    gs = effective_grads_foreach(self, ps, gs, wd, maximize)
-                    nesterov_foreach(ps, gs, v, lr=lr, momentum=mu)
-            else:
-                for p, g, v in zip(params, grads, vs):
-                    nesterov(p, effective_grad(self, p, g, wd, maximize), v, lr=lr, momentum=mu)
-        return loss
+        super().__init__(
+            params,
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+        )
