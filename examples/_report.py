@@ -11,6 +11,7 @@ committed JSON, so text and figures cannot drift apart. :func:`render` writes do
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -135,6 +136,27 @@ def rng(n: Numbers, key: str) -> str:
     return f"{m(n, key + '/median')} ({m(n, key + '/min')}–{m(n, key + '/max')})"
 
 
+MARKER = re.compile(r"(<!-- result:([^ >]+) -->)([^\s|<()–]+)")
+
+
+def refresh_markers(page: Path, n: Numbers) -> bool:
+    """Rewrite every ``<!-- result:KEY -->VALUE`` on ``page`` with ``n[KEY]``; True if it changed.
+
+    A key the JSON no longer has is an error: the page would quote a number nothing produces.
+    """
+    text = page.read_text()
+
+    def value(match: re.Match[str]) -> str:
+        if match[2] not in n:
+            raise KeyError(f"{page.name} quotes result {match[2]!r}, which docs/figures/*.json lacks")
+        return match[1] + n[match[2]]
+
+    new = MARKER.sub(value, text)
+    if new != text:
+        page.write_text(new)
+    return new != text
+
+
 def render(figures: Path, n: Numbers) -> str:
     """docs/results.md from the numbers (and the machine recorded in the experiments' JSON)."""
     meta = next(
@@ -157,7 +179,7 @@ def render(figures: Path, n: Numbers) -> str:
     if "optimizer_compare_mnist/SGD/loss_at_1900/median" in n:
         seeds = n["optimizer_compare_mnist/SGD/loss_at_1900/seeds"]
         lines += [
-            "## Optimizers on MNIST (§6.1.7, fig. 6-9)",
+            "## Optimizers on MNIST (§6.1.8, fig. 6-9)",
             "",
             "![optimizer comparison](figures/optimizer_compare_mnist.png)",
             "",
