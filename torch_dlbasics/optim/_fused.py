@@ -36,6 +36,14 @@ BACKEND = "inductor"
 """The ``torch.compile`` backend (tests also use ``"eager"``: dynamo's graph run op by op,
 bit-identical to the per-tensor path, without inductor's compile time)."""
 
+INDUCTOR_OPTIONS = {"realize_opcount_threshold": 4}
+"""Compute a chain of more than 4 ops once, into a buffer, instead of inlining it into every loop
+that reads it. Inductor inlines such chains up to 30 ops by default, which puts Adam's bias
+correction (``lr_t``: two ``pow``, a ``sqrt``, a divide, all on the 0-dim step count) inside the
+per-element loop, recomputed for every vector: 2.0-2.9x torch's ``fused=True`` Adam/AdamW on one
+10M-element float32 tensor, against 1.03-1.16x with this threshold (this 2-core AMD EPYC, torch
+2.14.1, 2 threads). The other optimizers' updates have no such chain and time the same either way."""
+
 _AVAILABLE: set[str] = set()
 _COMPILED: dict[tuple[Callable[..., None], str], tuple[Callable[..., None], ...]] = {}
 _WARNED: set[Callable[..., None]] = set()
@@ -152,6 +160,7 @@ def _compiled(update: Callable[..., None]) -> tuple[Callable[..., None], Callabl
 
         # A code object of its own: dynamo keeps its compile cache per code object.
         apply.__code__ = apply.__code__.replace(co_name=f"fused_{update.__name__}")
-        fn = torch.compile(apply, fullgraph=True, backend=BACKEND), apply
+        options = INDUCTOR_OPTIONS if BACKEND == "inductor" else None
+        fn = torch.compile(apply, fullgraph=True, backend=BACKEND, options=options), apply
         _COMPILED[update, BACKEND] = fn
     return fn
