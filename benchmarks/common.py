@@ -174,6 +174,10 @@ def _own_jiffies() -> Optional[int]:
     return int(rest[11]) + int(rest[12])  # utime, stime: fields 14 and 15, all threads
 
 
+MIN_PROBE_S = 0.25
+"""The shortest window the load probe reads (25 ticks: about 0.08 cores of resolution)."""
+
+
 class LoadProbe:
     """CPU used by the machine's other processes between :meth:`start` and :meth:`stop`.
 
@@ -182,7 +186,8 @@ class LoadProbe:
     (``/proc/self/stat``: utime + stime of all its threads), divided by the wall time: the
     number of cores' worth of work that competed with ours. ``None`` without ``/proc``.
     The counters tick at ``SC_CLK_TCK`` (100 Hz), so a window of ``T`` seconds resolves about
-    ``2 / (100 T)`` cores; the timing loop keeps its windows long enough for that.
+    ``2 / (100 T)`` cores: an attempt shorter than :data:`MIN_PROBE_S` (a fast case capped at
+    ``max_repeats``) keeps the probe open, idle, until that long, else a busy machine can read 0.
     """
 
     def start(self) -> LoadProbe:
@@ -288,7 +293,10 @@ def _attempt(
                 faults[k].append(nf)
     finally:
         gc.enable()
-    return times, faults, probe.stop(), time.monotonic() - t0
+    elapsed = time.monotonic() - t0
+    if elapsed < MIN_PROBE_S:  # too few clock ticks to resolve the load: observe a while longer
+        time.sleep(MIN_PROBE_S - elapsed)
+    return times, faults, probe.stop(), elapsed
 
 
 def _repeats_for(settings: Settings, repeats: int, call_ms: float) -> int:
