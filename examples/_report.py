@@ -136,7 +136,9 @@ def rng(n: Numbers, key: str) -> str:
     return f"{m(n, key + '/median')} ({m(n, key + '/min')}–{m(n, key + '/max')})"
 
 
-MARKER = re.compile(r"(<!-- result:([^ >]+) -->)([^\s|<()–]+)")
+MARKER = re.compile(r"<!-- result:([^ >]+) -->([^\s|<()–]+)")
+"""A quoted result, ``<!-- result:KEY -->VALUE``: groups KEY and VALUE (VALUE ends at a space,
+``|``, ``<``, a parenthesis or an en dash). ``tests/test_results.py`` reads pages with it."""
 
 
 def refresh_markers(page: Path, n: Numbers) -> bool:
@@ -147,9 +149,9 @@ def refresh_markers(page: Path, n: Numbers) -> bool:
     text = page.read_text()
 
     def value(match: re.Match[str]) -> str:
-        if match[2] not in n:
-            raise KeyError(f"{page.name} quotes result {match[2]!r}, which docs/figures/*.json lacks")
-        return match[1] + n[match[2]]
+        if match[1] not in n:
+            raise KeyError(f"{page.name} quotes result {match[1]!r}, which docs/figures/*.json lacks")
+        return f"<!-- result:{match[1]} -->{n[match[1]]}"
 
     new = MARKER.sub(value, text)
     if new != text:

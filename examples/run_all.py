@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         page = REPO / "docs" / "results.md"
         page.write_text(_report.render(dest, numbers))
         print(f"wrote {dest / 'results.json'} and {page}")
-        for other in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for other in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
             if other != page and _report.refresh_markers(other, numbers):
                 print(f"updated the quoted results in {other.relative_to(REPO)}")
     wall = sum(state[n]["seconds"] for n in EXPERIMENTS if n in state)

@@ -12,7 +12,6 @@ and text.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "docs" / "figures"
-MARKER = re.compile(r"<!-- result:([^ >]+) -->([^\s|<()–]+)")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def test_every_quoted_number_is_the_committed_jsons(report) -> None:
     numbers = report.numbers(FIGURES)
     quoted = 0
     for page in _pages():
-        for key, value in MARKER.findall(page.read_text()):
+        for key, value in report.MARKER.findall(page.read_text()):
             assert key in numbers, f"{page.name}: no result {key!r} in docs/figures/*.json"
             assert value == numbers[key], (
                 f"{page.name}: {key} says {value}, the JSON gives {numbers[key]}"
@@ -72,4 +70,15 @@ def test_results_json_is_current(report, figures: Path) -> None:
 def test_markers_are_parsed_as_written(report) -> None:
     n = {"a/b/median": "0.258", "a/b/min": "0.2", "a/b/max": "0.3"}
     text = f"| x | {report.rng(n, 'a/b')} |"
-    assert MARKER.findall(text) == [("a/b/median", "0.258"), ("a/b/min", "0.2"), ("a/b/max", "0.3")]
+    assert report.MARKER.findall(text) == [("a/b/median", "0.258"), ("a/b/min", "0.2"), ("a/b/max", "0.3")]
+
+
+def test_refresh_markers_rewrites_stale_values_and_refuses_unknown_keys(report, tmp_path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("a <!-- result:x/median -->0.1 and <!-- result:y -->2 | end\n")
+    assert report.refresh_markers(page, {"x/median": "0.25", "y": "2"})
+    assert page.read_text() == "a <!-- result:x/median -->0.25 and <!-- result:y -->2 | end\n"
+    assert not report.refresh_markers(page, {"x/median": "0.25", "y": "2"})  # already current
+    with pytest.raises(KeyError, match="quotes result 'y'"):
+        report.refresh_markers(page, {"x/median": "0.3"})
+    assert page.read_text() == "a <!-- result:x/median -->0.25 and <!-- result:y -->2 | end\n"

@@ -44,6 +44,19 @@ def _block(lines: list[str], start: int, base: int) -> int:
     return end
 
 
+def _fenced(lines: list[str], start: int, base: int, language: str) -> tuple[list[str], int]:
+    """The indented block from ``lines[start]`` as a fenced ``language`` block at indent ``base``,
+    and the index just past it."""
+    end = _block(lines, start, base)
+    body = lines[start:end]
+    while body and not body[0].strip():
+        body.pop(0)
+    cut = min((_indent(s) for s in body if s.strip()), default=base)
+    pad = " " * base
+    fence = ["", f"{pad}```{language}", *[pad + s[cut:] if s.strip() else "" for s in body]]
+    return [*fence, f"{pad}```", ""], end
+
+
 def _role(match: re.Match[str]) -> str:
     name = match.group(2)
     return f"`{name.rsplit('.', 1)[-1] if match.group(1) else name}`"
@@ -96,16 +109,8 @@ def convert(text: str) -> str:
                 out += [f"{pad}$$", *body, f"{pad}$$", ""]
             i = end
         elif stripped.startswith(".. code-block::"):
-            end = _block(lines, i + 1, base)
-            body = lines[i + 1 : end]
-            while body and not body[0].strip():
-                body.pop(0)
-            cut = min((_indent(s) for s in body if s.strip()), default=base)
-            language = stripped.split("::", 1)[1].strip() or "text"
-            out += ["", f"{pad}```{language}"]
-            out += [pad + s[cut:] if s.strip() else "" for s in body]
-            out += [f"{pad}```", ""]
-            i = end
+            block, i = _fenced(lines, i + 1, base, stripped.split("::", 1)[1].strip() or "text")
+            out += block
         elif _BORDER.match(line):
             end = i + 1
             borders = 1
@@ -124,16 +129,9 @@ def convert(text: str) -> str:
             out.append(f"{pad}Examples:")
             i += 1
         elif stripped.endswith("::") and not stripped.startswith(".."):
-            end = _block(lines, i + 1, base)
-            body = lines[i + 1 : end]
-            while body and not body[0].strip():
-                body.pop(0)
-            cut = min((_indent(s) for s in body if s.strip()), default=base)
             out.append(line[:-1])  # "text::" -> "text:"
-            out += ["", f"{pad}```python"]
-            out += [pad + s[cut:] if s.strip() else "" for s in body]
-            out += [f"{pad}```", ""]
-            i = end
+            block, i = _fenced(lines, i + 1, base, "python")
+            out += block
         else:
             out.append(line)
             i += 1
