@@ -500,3 +500,82 @@ def test_float32_statistics_keep_precision_for_a_large_mean(channels_last: bool)
         )
     for ours, theirs in zip(errors["ours"], errors["torch"]):
         assert ours <= 4 * theirs + 1e-7, errors
+
+
+@pytest.mark.parametrize(
+    "shape,fmt,fused",
+    [
+        ((4, 6, 5, 7), torch.contiguous_format, False),  # NCHW: product, then in-place sum
+        ((4, 6, 5), torch.contiguous_format, False),  # (N, C, L)
+        ((4, 6, 5, 7), torch.channels_last, True),  # channel innermost: one addcmul
+        ((9, 6), torch.contiguous_format, True),  # 2D
+        ((4, 6, 1, 1), torch.contiguous_format, True),  # no spatial extent: stride(1) == 1
+    ],
+)
+def test_affine_form_per_layout(shape, fmt, fused) -> None:
+    """``_batch_stats.affine`` (the forward's and ``dx``'s elementwise pass) is ``t * scale +
+    shift`` in ``t``'s layout, within float32 rounding of a float64 reference, and each layout
+    takes its pinned form bit for bit: a change of form, which moves every float32 result (so
+    the committed figures), fails here first."""
+    from torch_dlbasics.nn import _batch_stats as bs
+
+    torch.manual_seed(0)
+    t = torch.randn(shape).contiguous(memory_format=fmt)
+    scale, shift = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
+    y = bs.affine(t, scale, shift)
+    s, b = bs.broadcastable(scale, t), bs.broadcastable(shift, t)
+    assert y.shape == t.shape and y.stride() == t.stride()
+    expected = torch.addcmul(b, t, s) if fused else (t * s) + b
+    assert torch.equal(y, expected)
+    ref = t.double() * s.double() + b.double()
+    torch.testing.assert_close(y.double(), ref, rtol=2e-7, atol=1e-7)
+    # under torch.vmap, a batched shift with an unbatched t (out of place: no in-place write
+    # of a batched tensor into an unbatched one)
+    shifts = torch.randn(3, shape[1])
+    ys = torch.vmap(lambda sh: bs.affine(t, scale, sh))(shifts)
+    for y_i, sh in zip(ys, shifts):
+        torch.testing.assert_close(y_i, bs.affine(t, scale, sh), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "shape,fmt",
+    [
+        ((8, 8, 192, 192), torch.contiguous_format),  # (N, C, S) view, three chunks
+        ((8, 8, 192, 192), torch.channels_last),  # (M, C) view
+        ((8192, 384), torch.contiguous_format),  # 2D
+    ],
+)
+def test_chunk_scratch_is_bit_equal_to_fresh_chunks(shape, fmt, monkeypatch) -> None:
+    """Large batches write their centred chunks into one buffer per call: the statistics and
+    ``dout`` sums equal, bit for bit, those made with a fresh chunk per slice; a double backward
+    and ``torch.vmap`` over such a batch take the fresh chunks and still agree."""
+    from torch_dlbasics.nn import _batch_stats as bs
+
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 3 + 5).contiguous(memory_format=fmt)
+    dy = torch.randn(shape).contiguous(memory_format=fmt)
+    xv, dyv = (bs.channel_view(t, bs.channel_innermost(x)) for t in (x, dy))
+    with torch.no_grad():
+        assert len(bs.row_chunks(xv)) >= 3 and bs.chunk_scratch(xv, bs.row_chunks(xv)) is not None
+        mean, var = bs.mean_var(xv)
+        sums = bs.dout_sums(dyv, xv, mean)
+        monkeypatch.setattr(bs, "chunk_scratch", lambda v, chunks: None)
+        mean_f, var_f = bs.mean_var(xv)
+        sums_f = bs.dout_sums(dyv, xv, mean_f)
+    monkeypatch.undo()
+    for a, b in zip((mean, var, *sums), (mean_f, var_f, *sums_f)):
+        assert torch.equal(a, b)
+    # double backward (grad mode on in backward): fresh chunks, same first derivative
+    bn = BatchNorm2d(shape[1]) if len(shape) == 4 else BatchNorm1d(shape[1])
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(bn(xg), xg, dy, create_graph=True)
+    xr = x.clone().requires_grad_()
+    (g_ref,) = torch.autograd.grad(bn(xr), xr, dy)
+    torch.testing.assert_close(g, g_ref)
+    (g.square().sum()).backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    # torch.vmap over two such batches: each equals its own call
+    xs = torch.stack([x, x.flip(0)])
+    ys = torch.vmap(lambda t: functional.batch_norm(t, None, None, training=True))(xs)
+    for y_i, x_i in zip(ys, xs):
+        torch.testing.assert_close(y_i, functional.batch_norm(x_i, None, None, training=True))

@@ -9,7 +9,7 @@ Forward, per channel over the ``M = N * prod(spatial)`` values of a batch (the b
     x_n = \frac{x_c}{\mathrm{std}}, \quad y = \gamma x_n + \beta
 
 and in evaluation (§6.3.2) ``running_mean`` and ``running_var`` take the place of ``mu`` and
-``var``. The output is computed in one elementwise pass, ``y = x * scale + shift`` with the
+``var``. The output is computed elementwise as ``y = x * scale + shift`` with the
 per-channel ``scale = gamma / std`` and ``shift = beta - mu * scale`` (as torch's kernels do).
 
 Backward: the book's ``BatchNormalization.__backward``, line for line,
@@ -220,13 +220,13 @@ def _normalize(
     weight: Optional[Tensor],
     bias: Optional[Tensor],
 ) -> Tensor:
-    """``y = gamma * xn + beta`` with ``xn = (x - mean) / std``, as one elementwise pass over
-    ``xa`` (``x`` in the statistics' dtype): ``y = xa * scale + shift`` per channel, in ``x``'s
-    shape, memory format and dtype."""
+    """``y = gamma * xn + beta`` with ``xn = (x - mean) / std``, elementwise over ``xa`` (``x``
+    in the statistics' dtype): ``y = xa * scale + shift`` per channel (``_batch_stats.affine``),
+    in ``x``'s shape, memory format and dtype."""
     acc = xa.dtype
     scale = invstd if weight is None else invstd * weight.to(acc)  # gamma / std
     shift = -mean * scale if bias is None else torch.addcmul(bias.to(acc), mean, scale, value=-1)
-    y = torch.addcmul(bs.broadcastable(shift, x), xa, bs.broadcastable(scale, x))
+    y = bs.affine(xa, scale, shift)
     # No ``.to`` when the dtype already fits: torch 2.11's dynamo then hands the backward a
     # zero ``dout`` under torch.compile (seen with torch 2.11.0; 2.4.1 and 2.14.1 are fine).
     return y if y.dtype == x.dtype else y.to(x.dtype)
@@ -276,8 +276,7 @@ def _dx(
     dmu = dxc_dout * dbeta
     # dx = dxc - dmu / M = dxc_dout * dout + dxc_xc * (x - mean) - dmu / M
     const = -(dxc_xc * mean + dmu * inv_m)
-    dx = torch.addcmul(bs.broadcastable(const, x), dout, bs.broadcastable(dxc_dout, x))
-    return bs.addcmul_fresh(dx, x, bs.broadcastable(dxc_xc, x))
+    return bs.addcmul_fresh(bs.affine(dout, dxc_dout, const), x, bs.broadcastable(dxc_xc, x))
 
 
 def batch_norm(
