@@ -509,7 +509,7 @@ def test_float32_statistics_keep_precision_for_a_large_mean(channels_last: bool)
         ((4, 6, 5), torch.contiguous_format, False),  # (N, C, L)
         ((4, 6, 5, 7), torch.channels_last, True),  # channel innermost: one addcmul
         ((9, 6), torch.contiguous_format, True),  # 2D
-        ((4, 6, 1, 1), torch.contiguous_format, True),  # no spatial extent: stride(1) == 1
+        ((4, 6, 1, 1), torch.contiguous_format, True),  # no spatial extent: channel innermost
     ],
 )
 def test_affine_form_per_layout(shape, fmt, fused) -> None:
@@ -522,7 +522,8 @@ def test_affine_form_per_layout(shape, fmt, fused) -> None:
     torch.manual_seed(0)
     t = torch.randn(shape).contiguous(memory_format=fmt)
     scale, shift = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
-    y = bs.affine(t, scale, shift)
+    inner = bs.channel_innermost(t)
+    y = bs.affine(t, scale, shift, inner)
     s, b = bs.broadcastable(scale, t), bs.broadcastable(shift, t)
     assert y.shape == t.shape and y.stride() == t.stride()
     expected = torch.addcmul(b, t, s) if fused else (t * s) + b
@@ -532,9 +533,9 @@ def test_affine_form_per_layout(shape, fmt, fused) -> None:
     # under torch.vmap, a batched shift with an unbatched t (out of place: no in-place write
     # of a batched tensor into an unbatched one)
     shifts = torch.randn(3, shape[1])
-    ys = torch.vmap(lambda sh: bs.affine(t, scale, sh))(shifts)
+    ys = torch.vmap(lambda sh: bs.affine(t, scale, sh, inner))(shifts)
     for y_i, sh in zip(ys, shifts):
-        torch.testing.assert_close(y_i, bs.affine(t, scale, sh), rtol=0, atol=0)
+        torch.testing.assert_close(y_i, bs.affine(t, scale, sh, inner), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -202,9 +202,11 @@ def _square(fresh: Tensor) -> Tensor:
     return fresh.mul_(fresh)
 
 
-def affine(t: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+def affine(t: Tensor, scale: Tensor, shift: Tensor, channels_inner: bool) -> Tensor:
     """``t * scale + shift`` with per-channel ``scale`` and ``shift`` ``(C,)``, in ``t``'s shape
-    and memory format: the elementwise pass of the forward and of ``dx``.
+    and memory format: the elementwise pass of the forward and of ``dx``. ``channels_inner`` is
+    :func:`channel_innermost` of the layer's input (the backward's ``dout`` may not be asked for
+    its strides under dynamo on torch 2.4).
 
     With the channel innermost (2D input, channels_last) and on GPUs, one ``addcmul``. On CPU
     with the channel outer (NCHW), ``addcmul`` with two per-channel operands, constant along the
@@ -214,7 +216,7 @@ def affine(t: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     so each layout's results are reproducible, not the two bit-equal to each other.
     """
     s, b = broadcastable(scale, t), broadcastable(shift, t)
-    if t.device.type != "cpu" or t.dim() < 3 or t.stride(1) == 1:
+    if t.device.type != "cpu" or t.dim() < 3 or channels_inner:
         return torch.addcmul(b, t, s)
     y = t * s
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():

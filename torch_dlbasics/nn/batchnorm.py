@@ -226,7 +226,7 @@ def _normalize(
     acc = xa.dtype
     scale = invstd if weight is None else invstd * weight.to(acc)  # gamma / std
     shift = -mean * scale if bias is None else torch.addcmul(bias.to(acc), mean, scale, value=-1)
-    y = bs.affine(xa, scale, shift)
+    y = bs.affine(xa, scale, shift, bs.channel_innermost(x))
     # No ``.to`` when the dtype already fits: torch 2.11's dynamo then hands the backward a
     # zero ``dout`` under torch.compile (seen with torch 2.11.0; 2.4.1 and 2.14.1 are fine).
     return y if y.dtype == x.dtype else y.to(x.dtype)
@@ -276,7 +276,8 @@ def _dx(
     dmu = dxc_dout * dbeta
     # dx = dxc - dmu / M = dxc_dout * dout + dxc_xc * (x - mean) - dmu / M
     const = -(dxc_xc * mean + dmu * inv_m)
-    return bs.addcmul_fresh(bs.affine(dout, dxc_dout, const), x, bs.broadcastable(dxc_xc, x))
+    dx = bs.affine(dout, dxc_dout, const, bs.channel_innermost(x))
+    return bs.addcmul_fresh(dx, x, bs.broadcastable(dxc_xc, x))
 
 
 def batch_norm(
