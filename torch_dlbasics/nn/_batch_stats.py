@@ -111,6 +111,13 @@ def row_chunks(v: Tensor, elements: int = CHUNK_ELEMENTS) -> list[slice]:
     return [slice(i, i + step) for i in range(0, v.shape[0], step)]
 
 
+def _transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jvp) is running, where our temporaries may
+    not be written in place or with ``out=`` (False while dynamo traces: it cannot trace the
+    query on torch 2.4)."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def chunk_scratch(v: Tensor, chunks: list[slice]) -> Optional[Tensor]:
     """One buffer for :func:`centred` chunks of ``v`` (the size of its largest chunk, as
     :func:`row_chunks` makes them), or None where each chunk is made fresh instead.
@@ -126,7 +133,7 @@ def chunk_scratch(v: Tensor, chunks: list[slice]) -> Optional[Tensor]:
     """
     if len(chunks) < 3 or not v.is_contiguous() or torch.is_grad_enabled():
         return None  # (grad enabled: a double backward, where ``out=`` cannot be differentiated)
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+    if _transforms_active():
         return None
     return v.new_empty((chunks[0].stop - chunks[0].start, *v.shape[1:]))
 
@@ -219,7 +226,7 @@ def affine(t: Tensor, scale: Tensor, shift: Tensor, channels_inner: bool) -> Ten
     if t.device.type != "cpu" or t.dim() < 3 or channels_inner:
         return torch.addcmul(b, t, s)
     y = t * s
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+    if _transforms_active():
         return y + b  # (``shift`` may be batched where the product is not)
     return y.add_(b)
 
@@ -228,8 +235,8 @@ def addcmul_fresh(fresh: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
     """``fresh + t1 * t2``, into ``fresh`` (a temporary of ours) outside ``torch.func``
     transforms; inside them out of place (``addcmul_`` has no batching rule, and its fallback
     loops over the batch with a warning)."""
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        return torch.addcmul(fresh, t1, t2)  # (dynamo cannot trace the query on torch 2.4)
+    if _transforms_active():
+        return torch.addcmul(fresh, t1, t2)
     return fresh.addcmul_(t1, t2)
 
 
