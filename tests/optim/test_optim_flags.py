@@ -306,6 +306,143 @@ def test_fused_past_the_recompile_limit_runs_uncompiled(monkeypatch) -> None:
     assert all(torch.equal(p, q) for p, q in zip(params, twins))
 
 
+def _repeated_params(n: int = 7) -> list[torch.Tensor]:
+    """``n`` parameters: (2, 3) and (5,) repeating, then a 0-dim, a transposed one last."""
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(2, 3), (5,)] * ((n - 2) // 2) + [()]
+    out = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    out.append(torch.randn(3, 2, generator=gen, dtype=torch.float64).t())
+    return [p.requires_grad_() for p in out]
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_fused_chunks_equal_one_call_and_reuse_one_graph(cls, monkeypatch) -> None:
+    """CHUNK parameters per compiled call: every state entry bit-equal to the whole group in
+    one call, and equal to the per-tensor path to rounding, with a None gradient on one step.
+    Chunks of the same shapes run one graph, and the step that creates the state runs the same
+    graph as later steps (where its hyperparameters are the same)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    kw = dict(KW[cls])
+    kw.pop("dampening", None)  # (dampening != 0: the first step is another graph, as torch's)
+    p1, p2, p3 = _repeated_params(8), _repeated_params(8), _repeated_params(8)
+    o1, o2 = ours(cls, p1, fused=True, **kw), ours(cls, p2, fused=True, **kw)
+    o3 = ours(cls, p3, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(5)
+    graphs = 0
+    for step in range(4):
+        for a, b, c in zip(p1, p2, p3):
+            a.grad = torch.randn(a.shape, generator=gen, dtype=a.dtype)
+            b.grad, c.grad = a.grad.clone(), a.grad.clone()
+        if step == 2:
+            p1[1].grad = p2[1].grad = p3[1].grad = None  # the chunks shift: other graphs
+        before = counters["stats"]["unique_graphs"]
+        monkeypatch.setattr(_fused, "CHUNK", 2)
+        o1.step()
+        graphs += counters["stats"]["unique_graphs"] - before
+        monkeypatch.setattr(_fused, "CHUNK", 64)
+        o2.step()
+        o3.step()
+        for a, b, c in zip(p1, p2, p3):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-13)
+            assert o1.state[a].keys() == o2.state[b].keys() == o3.state[c].keys()
+            for key, value in o1.state[a].items():
+                assert torch.equal(value, o2.state[b][key]), key
+                torch.testing.assert_close(
+                    value.to(o3.state[c][key]), o3.state[c][key], rtol=1e-12, atol=1e-13
+                )
+    # 8 parameters, 4 chunks: [(2,3),(5,)] x3 and [0-dim, transposed], 2 graphs; the step
+    # without p1[1]'s gradient, 4 chunks of other shapes ([(2,3),(2,3)], [(5,),(2,3)], ...);
+    # the step after it runs the first 2 graphs again. (A graph per chunk and step: 16.)
+    assert graphs == 2 + 4, graphs
+
+
+def test_fused_recompile_limit_counts_every_chunk(monkeypatch) -> None:
+    """A step of more distinct chunks than dynamo's recompile limit still compiles them all."""
+    import torch._dynamo
+
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    monkeypatch.setattr(_fused, "CHUNK", 1)
+    torch._dynamo.reset()
+    params = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in range(1, 14)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt, twin = SGD(params, lr=0.1, fused=True), SGD(twins, lr=0.1, foreach=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            for p, q in zip(params, twins):
+                p.grad = torch.ones_like(p)
+                q.grad = torch.ones_like(q)
+            opt.step()
+            twin.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, twins))
+
+
+def _failing_chunk(monkeypatch, fail_at: int) -> list[int]:
+    """The compiled call raises (as a compile error would, before the call writes anything)
+    at call number ``fail_at``; returns the list of calls made, compiled or not."""
+    calls: list[int] = []
+    real = _fused._compiled
+
+    def compiled_of(update):
+        compiled, plain = real(update)
+
+        def flaky(*args):
+            calls.append(len(args[0]))
+            if len(calls) == fail_at:
+                raise RuntimeError("inductor: C++ compile failed")
+            return compiled(*args)
+
+        return flaky, plain
+
+    monkeypatch.setattr(_fused, "_compiled", compiled_of)
+    return calls
+
+
+def test_fused_first_chunk_failing_to_compile_raises_and_changes_nothing(monkeypatch) -> None:
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    monkeypatch.setattr(_fused, "CHUNK", 2)
+    _failing_chunk(monkeypatch, fail_at=1)
+    params = _repeated_params(6)
+    opt = Adam(params, fused=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match="C\\+\\+ compile failed"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert all(not torch.any(s["exp_avg"]) and s["step"] == 0 for s in opt.state.values())
+
+
+def test_fused_later_chunk_failing_to_compile_completes_the_step_uncompiled(monkeypatch) -> None:
+    """After earlier chunks wrote, a chunk that fails to compile runs the same update
+    uncompiled (with a warning): the step is whole, equal to the per-tensor path."""
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    monkeypatch.setattr(_fused, "CHUNK", 2)
+    monkeypatch.setattr(_fused, "_WARNED", set())
+    calls = _failing_chunk(monkeypatch, fail_at=2)
+    p1, p2 = _repeated_params(6), _repeated_params(6)
+    o1, o2 = Adam(p1, fused=True), Adam(p2, foreach=False)
+    for a, b in zip(p1, p2):
+        a.grad = torch.ones_like(a)
+        b.grad = torch.ones_like(b)
+    with pytest.warns(UserWarning, match="failed to compile after earlier chunks were updated"):
+        o1.step()
+    o2.step()
+    assert calls == [2, 2, 2]
+    for a, b in zip(p1, p2):
+        assert torch.equal(a, b)
+        for key, value in o1.state[a].items():
+            assert torch.equal(value.to(o2.state[b][key].device), o2.state[b][key]), key
+
+
 def test_fused_without_a_cpp_compiler_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(_fused, "_cxx", lambda: None)
     monkeypatch.setattr(_fused, "_AVAILABLE", set())
