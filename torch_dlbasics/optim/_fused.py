@@ -125,9 +125,8 @@ def run(
 ) -> None:
     """The compiled update of every parameter of the group, :data:`CHUNK` per call; parameter
     ``i`` takes the keyword arguments ``kwargs[which[i]]`` (state that existed, state created
-    this step)."""
-    if len(kwargs) == 2 and _same(*kwargs):  # one graph for both (the step count's value aside)
-        kwargs, which = kwargs[:1], [0] * len(which)
+    this step; one dict where they are the same, so the first step runs the later steps'
+    graph)."""
     is_step = [key == "step" for key in state_args]
     compiled, plain = _compiled(update)
     starts = range(0, len(params), CHUNK)
@@ -147,29 +146,6 @@ def run(
                     raise  # nothing of the step was written
                 _warn_once(update, err)
                 plain(*args)
-
-
-def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether two keyword-argument dicts hold the same hyperparameters (the lr tensors of
-    :func:`scalars` compared by value)."""
-    if old.keys() != new.keys():
-        return False
-    for key, a in old.items():
-        b = new[key]
-        if isinstance(a, Tensor) or isinstance(b, Tensor):
-            same = (
-                isinstance(a, Tensor)
-                and isinstance(b, Tensor)
-                and a.shape == b.shape == ()
-                and a.dtype == b.dtype
-                and a.device == b.device
-                and bool(a == b)
-            )
-            if not same:
-                return False
-        elif type(a) is not type(b) or a != b:
-            return False
-    return True
 
 
 def _warn_once(update: Callable[..., None], err: Exception) -> None:

@@ -235,10 +235,15 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
     ]
 
     everything = list(range(len(params)))
-    if path == "fused":  # [0] for state that existed, [1] for state created now
-        plan.batches = [
-            _Batch(everything, _fused.scalars(kw), slots) for kw in (kwargs, kwargs_fresh)
-        ]
+    if path == "fused":  # [0] for state that existed, [1] for state created now (the same
+        # batch where the arguments are the same: one graph for the first step and later ones)
+        old = _Batch(everything, _fused.scalars(kwargs), slots)
+        new = (
+            old
+            if kwargs == kwargs_fresh
+            else _Batch(everything, _fused.scalars(kwargs_fresh), slots)
+        )
+        plan.batches = [old, new]
     elif path == "per-tensor":  # [0] for state that existed, [1] for state created now
         convert = _as_tensors if is_compiling else _as_floats
         plan.batches = [_Batch(everything, convert(kw), slots) for kw in (kwargs, kwargs_fresh)]
@@ -620,8 +625,8 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
     states = [_EMPTY if state is None else state for state in plan.states]
     if plan.path == "fused":
         old, new = plan.batches
-        kwargs = [old.kwargs, new.kwargs]
-        which = [int(f) for f in plan.fresh]
+        kwargs = [old.kwargs] if new is old else [old.kwargs, new.kwargs]
+        which = [0] * len(plan.fresh) if new is old else [int(f) for f in plan.fresh]
         _fused.run(
             plan.update,
             plan.params,
