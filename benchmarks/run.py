@@ -17,9 +17,8 @@ spread across processes, page faults, the other processes' CPU load) and the tar
 issue 15. A run writes ``<device>.json``, ``<device>.md``, the raw ``workers.jsonl`` and
 ``workers.log`` under ``runs/bench/<time>-<device>/`` (or ``--out-dir``); the committed report
 ``benchmarks/results/<device>.{json,md}`` changes only with ``--commit-report``, which a quick
-run refuses. A full CPU run takes over an hour on 2 quiet cores, most of it in the ``fused=True``
-cases with 2000 tensors, whose every process compiles its first step for minutes; it prints its
-progress.
+run refuses. A full CPU run takes about 36 minutes on 2 quiet cores, much of it compiling the
+``fused=True`` cases' first steps (one graph per 64 tensors); it prints its progress.
 """
 
 from __future__ import annotations
