@@ -503,36 +503,54 @@ def test_float32_statistics_keep_precision_for_a_large_mean(channels_last: bool)
 
 
 @pytest.mark.parametrize(
-    "shape,fmt,fused",
+    "shape,layout,form",
     [
-        ((4, 6, 5, 7), torch.contiguous_format, False),  # NCHW: product, then in-place sum
-        ((4, 6, 5), torch.contiguous_format, False),  # (N, C, L)
-        ((4, 6, 5, 7), torch.channels_last, True),  # channel innermost: one addcmul
-        ((9, 6), torch.contiguous_format, True),  # 2D
-        ((4, 6, 1, 1), torch.contiguous_format, True),  # no spatial extent: channel innermost
+        ((4, 6, 5, 7), "contiguous", "plane"),  # NCHW: one pass per channel plane
+        ((4, 6, 5), "contiguous", "plane"),  # (N, C, L)
+        ((4, 6, 5, 7), "transposed", "addcmul"),  # not contiguous: addcmul
+        ((4, 6, 5, 7), "channels_last", "addcmul"),  # channel innermost: one addcmul
+        ((9, 6), "contiguous", "addcmul"),  # 2D
+        ((4, 6, 1, 1), "contiguous", "addcmul"),  # no spatial extent: channel innermost
     ],
 )
-def test_affine_form_per_layout(shape, fmt, fused) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_affine_form_per_layout(shape, layout, form, dtype) -> None:
     """``_batch_stats.affine`` (the forward's and ``dx``'s elementwise pass) is ``t * scale +
-    shift`` in ``t``'s layout, within float32 rounding of a float64 reference, and each layout
-    takes its pinned form bit for bit: a change of form, which moves every float32 result (so
-    the committed figures), fails here first."""
+    shift`` in ``t``'s layout, within rounding of a float64 reference, and each layout takes its
+    pinned form bit for bit: a change of form, which moves every float32 result (so the
+    committed figures), fails here first. The plane form rounds as ``addcmul`` (both fuse the
+    multiply and add), so every layout and ``torch.vmap`` give the same values."""
     from torch_dlbasics.nn import _batch_stats as bs
 
     torch.manual_seed(0)
-    t = torch.randn(shape).contiguous(memory_format=fmt)
-    scale, shift = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
+    t = torch.randn(shape, dtype=dtype)
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        t = t.transpose(2, 3)
+    scale = torch.rand(shape[1], dtype=dtype) + 0.5
+    shift = torch.randn(shape[1], dtype=dtype)
     inner = bs.channel_innermost(t)
     y = bs.affine(t, scale, shift, inner)
     s, b = bs.broadcastable(scale, t), bs.broadcastable(shift, t)
     assert y.shape == t.shape and y.stride() == t.stride()
-    expected = torch.addcmul(b, t, s) if fused else (t * s) + b
-    assert torch.equal(y, expected)
+    if form == "plane":
+        zero, one = torch.zeros_like(scale), torch.ones_like(scale)
+        plane = torch.batch_norm(t, scale, shift, zero, one, False, 0.0, 0.0, False)
+        assert torch.equal(y, plane)
+    assert torch.equal(y, torch.addcmul(b, t, s))
     ref = t.double() * s.double() + b.double()
-    torch.testing.assert_close(y.double(), ref, rtol=2e-7, atol=1e-7)
+    tol = 2e-7 if dtype == torch.float32 else 1e-15
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol / 2)
+    # Where it records a graph (a double backward): addcmul, the same values.
+    t_req = t.detach().requires_grad_()
+    with torch.enable_grad():
+        y_req = bs.affine(t_req, scale, shift, inner)
+    assert y_req.grad_fn is not None and "BatchNorm" not in type(y_req.grad_fn).__name__
+    assert torch.equal(y_req.detach(), y)
     # under torch.vmap, a batched shift with an unbatched t (out of place: no in-place write
     # of a batched tensor into an unbatched one)
-    shifts = torch.randn(3, shape[1])
+    shifts = torch.randn(3, shape[1], dtype=dtype)
     ys = torch.vmap(lambda sh: bs.affine(t, scale, sh, inner))(shifts)
     for y_i, sh in zip(ys, shifts):
         torch.testing.assert_close(y_i, bs.affine(t, scale, sh, inner), rtol=0, atol=0)
