@@ -330,7 +330,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"({PER_PROCESS[s['per_process']]}); in each, {s['warmup']} warm-up calls per side, then at least {s['repeats']} timed "
         f"calls per side (more until an attempt lasts {s['min_time_s']} s), ours and torch "
         "alternated A B, B A, each call timed alone, gradients cleared and outputs freed outside "
-        "the clock. `ratio` = ours / torch: the median over processes of each process's median "
+        "the clock; the side built first alternates between processes (ours in the 1st, 3rd, ...). `ratio` = ours / torch: the median over processes of each process's median "
         "per-call ratio; IQR = each process's quartiles of those ratios (the median over "
         "processes); `across` = lowest and highest process median. An attempt during which other processes used more than "
         f"{s['max_load']} cores was redone (up to {s['redo']} times); a row still above it is "

@@ -10,15 +10,17 @@ Usage::
     python benchmarks/run.py --commit-report    # full run, also written to benchmarks/results/
 
 Each case (``bench_optim``, ``bench_nn``, ``bench_e2e`` list them) is timed in ``--processes``
-fresh processes (``worker.py``), ours and torch interleaved in each. The passes go round all
+fresh processes (``worker.py``), ours and torch interleaved in each, the side built first
+alternating between processes (it runs a few per cent slower). The passes go round all
 cases in turn, so that one case's processes are minutes apart; a case found unsupported is not
 retried. ``report.py`` turns the raw results into rows (median ratio, IQR within processes,
 spread across processes, page faults, the other processes' CPU load) and the target table of
 issue 15. A run writes ``<device>.json``, ``<device>.md``, the raw ``workers.jsonl`` and
 ``workers.log`` under ``runs/bench/<time>-<device>/`` (or ``--out-dir``); the committed report
 ``benchmarks/results/<device>.{json,md}`` changes only with ``--commit-report``, which a quick
-run refuses. A full CPU run takes about 36 minutes on 2 quiet cores, much of it compiling the
-``fused=True`` cases' first steps (one graph per 64 tensors); it prints its progress.
+run refuses. A full CPU run (4 processes per case) takes about 50 minutes on 2 quiet cores,
+much of it compiling the ``fused=True`` cases' first steps (one graph per 64 tensors); it
+prints its progress.
 """
 
 from __future__ import annotations
@@ -163,16 +165,18 @@ def plan_jobs(cases: list[dict], processes: int, per_process: str) -> list[list[
     one); ``"section"``: a section's cases share one; ``"all"``: one process per pass over
     every case (quick runs: a smoke check, not a measurement).
     """
-    if per_process == "all":
-        return [list(cases)] + [[c for c in cases if c["kind"] != "memory"]] * (processes - 1)
     timed = [c for c in cases if c["kind"] != "memory"]
+    if per_process == "all":
+        rest = [[{**c, "pass": k} for c in timed] for k in range(1, processes)]
+        return [[{**c, "pass": 0} for c in cases], *rest]
     jobs: list[list[dict]] = []
-    for _ in range(processes):
+    for k in range(processes):
+        tagged = [{**c, "pass": k} for c in timed]  # odd passes build torch's side first
         if per_process == "case":
-            jobs += [[c] for c in timed]
+            jobs += [[c] for c in tagged]
         else:
-            for section in dict.fromkeys(c["section"] for c in timed):
-                jobs.append([c for c in timed if c["section"] == section])
+            for section in dict.fromkeys(c["section"] for c in tagged):
+                jobs.append([c for c in tagged if c["section"] == section])
     memory = [c for c in cases if c["kind"] == "memory"]
     if memory:
         jobs.append(memory)
@@ -238,7 +242,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS)
     p.add_argument("--only", default=None, help="regular expression on the case ids")
     p.add_argument("--list", action="store_true", help="print the case ids and exit")
-    p.add_argument("--processes", type=int, default=None, help="fresh processes per case (3; 1)")
+    p.add_argument("--processes", type=int, default=None, help="fresh processes per case (4; 1)")
     p.add_argument(
         "--per-process",
         choices=("case", "section", "all"),
@@ -269,7 +273,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--device cuda given but torch.cuda.is_available() is False")
     q = args.quick
     for name, full, quick in (
-        ("processes", 3, 1),
+        ("processes", 4, 1),  # even: each side built first in half of them
         ("per_process", "case", "all"),
         ("repeats", 20, 5),
         ("warmup", 3, 1),

@@ -60,7 +60,10 @@ def run_case(case: dict[str, Any], settings: Settings) -> dict[str, Any]:
         if case["kind"] == "memory":
             return {**base, "status": "ok", "reason": None, "values": built}
         repeats = case.get("repeats") or settings.repeats
-        out = measure_pair(built, settings, repeats, interleaved=interleaved)
+        builtin_first = case.get("pass", 0) % 2 == 1  # alternate between processes
+        out = measure_pair(
+            built, settings, repeats, interleaved=interleaved, builtin_first=builtin_first
+        )
         out["extra"] = built.extra
         return {**base, **out}
     except Unsupported as err:
