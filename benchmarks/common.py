@@ -370,19 +370,18 @@ def measure_pair(
 ) -> dict[str, Any]:
     """Time one case in this process; the raw result the report summarises.
 
-    ``builtin_first``: build (and first call) torch's side before ours. The side built first
-    ran 2-5 % slower on the same tensors' sizes (ours against ours: 1.01-1.04x for SGD on
-    resnet18's parameters; 2-core AMD EPYC VM), so ``run.py`` alternates the order between
-    processes. Raises :class:`SideError` when a side cannot be built or fails its first call.
+    ``builtin_first``: build (and first call) torch's side before ours. Of two identical sides,
+    the one built first ran 1-4 % slower (our SGD against itself on resnet18's parameters:
+    1.01-1.04x; 2-core AMD EPYC VM), so ``run.py`` alternates the order between processes.
+    Raises :class:`SideError` when a side cannot be built or fails its first call.
     """
     timed = _clock(settings.device)
+    order = [("ours", pair.ours), ("builtin", pair.builtin)]
+    if builtin_first:
+        order.reverse()
     if interleaved:
-        if builtin_first:
-            builtin, first_builtin = _start("builtin", pair.builtin, timed)
-            ours, first_ours = _start("ours", pair.ours, timed)
-        else:
-            ours, first_ours = _start("ours", pair.ours, timed)
-            builtin, first_builtin = _start("builtin", pair.builtin, timed)
+        started = {which: _start(which, factory, timed) for which, factory in order}
+        (ours, first_ours), (builtin, first_builtin) = started["ours"], started["builtin"]
         times, faults, loads = _time_sides([ours, builtin], settings, repeats)
         info = {**ours.info, **{f"builtin_{k}": v for k, v in builtin.info.items()}}
         firsts = [first_ours, first_builtin]
@@ -391,8 +390,7 @@ def measure_pair(
         # One side alive at a time; each side's own attempts, the noisier load reported.
         parts = []
         info = {}
-        order = [("ours", pair.ours), ("builtin", pair.builtin)]
-        for which, factory in order[::-1] if builtin_first else order:
+        for which, factory in order:
             side, first = _start(which, factory, timed)
             t, f, ld = _time_sides([side], settings, repeats)
             prefix = "" if which == "ours" else "builtin_"

@@ -222,28 +222,27 @@ def affine(t: Tensor, scale: Tensor, shift: Tensor, channels_inner: bool) -> Ten
     vectorized pass. Both round once (a fused multiply-add): the same values in every layout and
     inside ``torch.func`` transforms (measured with torch 2.4.1 and 2.14.1 on that CPU).
     """
-    if (
-        t.device.type == "cpu"
-        and t.dim() >= 3
-        and not channels_inner
-        and _plane_affine_applies(t, scale, shift)
-    ):
+    if _plane_affine_applies(t, scale, shift, channels_inner):
         return _plane_affine(t, scale, shift)
     return torch.addcmul(broadcastable(shift, t), t, broadcastable(scale, t))
 
 
-def _plane_affine_applies(t: Tensor, scale: Tensor, shift: Tensor) -> bool:
-    """Whether :func:`_plane_affine` computes this ``affine``: a plain tensor, eager (no
-    compiler, no ``torch.func`` transform), nothing to differentiate through (a double backward records the
-    product and sum), a contiguous float32/float64 ``t`` and ``scale``/``shift`` of its dtype."""
+def _plane_affine_applies(t: Tensor, scale: Tensor, shift: Tensor, channels_inner: bool) -> bool:
+    """Whether :func:`_plane_affine` computes this ``affine``: a plain contiguous float32/float64
+    ``t`` on CPU with the channel outer (NCHW), ``scale``/``shift`` of its dtype, eager (no
+    compiler, no ``torch.func`` transform) and nothing to differentiate through (a double
+    backward records ``addcmul``)."""
     dtype = t.dtype
     return (
         type(t) is Tensor  # (not a subclass such as DTensor, which may lack the op)
+        and t.device.type == "cpu"
+        and t.dim() >= 3
+        and not channels_inner
         and dtype in (torch.float32, torch.float64)
         and scale.dtype == dtype
         and shift.dtype == dtype
         and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
+        and not _transforms_active()
         and not (
             torch.is_grad_enabled()
             and (t.requires_grad or scale.requires_grad or shift.requires_grad)
