@@ -65,11 +65,13 @@ numbers; ``eps`` and ``momentum`` are plain arguments):
 Implementation notes: float16/bfloat16 inputs are computed in float32; only the input,
 ``weight`` and the per-channel mean and inverse standard deviation are saved for backward (no
 normalised copy); for double backward (``create_graph=True``) the backward recomputes the batch
-statistics from the input with differentiable ops. The layout, statistics, checks and the
-running-statistics update are shared with SyncBatchNorm (``_batch_stats.py``). The Function has
-a ``jvp`` (forward mode, ``torch.func.jacfwd``) and ``generate_vmap_rule`` (``torch.vmap``,
-batched gradients); ``torch.jit.script`` is refused with a pointer to ``torch.compile`` /
-``torch.export``.
+statistics from the input with differentiable ops. A call with nothing to differentiate (eval
+or ``no_grad``, no forward-mode dual level, no ``torch.func`` transform) runs the Function's
+``forward`` directly, without ``Function.apply``'s bookkeeping (``_autograd.py``). The layout,
+statistics, checks and the running-statistics update are shared with SyncBatchNorm
+(``_batch_stats.py``). The Function has a ``jvp`` (forward mode, ``torch.func.jacfwd``) and
+``generate_vmap_rule`` (``torch.vmap``, batched gradients); ``torch.jit.script`` is refused
+with a pointer to ``torch.compile`` / ``torch.export``.
 
 Example::
 
@@ -100,6 +102,7 @@ from torch.overrides import (
 )
 
 from torch_dlbasics.nn import _batch_stats as bs
+from torch_dlbasics.nn._autograd import records, signature_once
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm"]
 
@@ -109,6 +112,7 @@ _TORCH_HAS_BIAS_FLAG = (
 """torch >= 2.5's BatchNorm takes a keyword-only ``bias``; on older torch we drop it ourselves."""
 
 
+@signature_once
 class _BatchNormFunction(torch.autograd.Function):
     """``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel; outputs ``(y, mean, var)``
     where ``mean, var`` are the statistics used (batch or running), not differentiable."""
@@ -329,12 +333,13 @@ def batch_norm(
         x.shape[1], running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
     args = (x, weight, bias, running_mean, running_var, training, eps)
-    if not torch.compiler.is_compiling():
+    if not records(x, weight, bias):  # nothing to differentiate: the forward itself (cheaper,
+        y, mean, var = _BatchNormFunction.forward(*args)  # and torch 2.4's dynamo fails to
+        # trace a Function called without grads)
+    elif not torch.compiler.is_compiling():
         y, mean, var = _BatchNormFunctionJvp.apply(*args)
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:3]):
+    else:
         y, mean, var = _BatchNormFunction.apply(*args)  # (dynamo refuses a jvp)
-    else:  # nothing to differentiate: the forward itself (torch 2.4's dynamo fails to trace
-        y, mean, var = _BatchNormFunction.forward(*args)  # a Function called without grads)
     if training and running_mean is not None and running_var is not None:
         bs.update_running_stats(
             running_mean, running_var, mean, var, momentum, bs.values_per_channel(x),

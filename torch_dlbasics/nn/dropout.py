@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from torch_dlbasics.nn._autograd import records, signature_once
 from torch_dlbasics.nn._batch_stats import channel_innermost, dtype_name
 
 __all__ = ["Dropout", "dropout"]
@@ -102,6 +103,7 @@ def _keep_mask(x: Tensor, p: float, bits: int) -> Tensor:
     return inner.movedim(-1, 1)
 
 
+@signature_once
 class _DropoutFunction(torch.autograd.Function):
     """``y = x * keep * scale`` with a given bool mask ``keep``; backward ``dout * keep * scale``."""
 
@@ -193,12 +195,12 @@ def dropout(
         bits = _mask_bits(p)
         scale = 1.0 / _keep_probability(p, bits) if inverted else 1.0
         keep = _keep_mask(input, p, bits)
+    if not records(input):  # nothing to differentiate: the forward itself (cheaper, and
+        return _DropoutFunction.forward(input, keep, scale, inplace)  # torch 2.4's dynamo
+        # fails to trace a Function called without grads)
     if not torch.compiler.is_compiling():
         return _DropoutFunctionJvp.apply(input, keep, scale, inplace)
-    if torch.is_grad_enabled() and input.requires_grad:
-        return _DropoutFunction.apply(input, keep, scale, inplace)  # (dynamo refuses a jvp)
-    # nothing to differentiate: the forward itself (torch 2.4's dynamo fails to trace a
-    return _DropoutFunction.forward(input, keep, scale, inplace)  # Function called without grads)
+    return _DropoutFunction.apply(input, keep, scale, inplace)  # (dynamo refuses a jvp)
 
 
 class Dropout(nn.Dropout):

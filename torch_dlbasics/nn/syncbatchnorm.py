@@ -16,11 +16,13 @@ from torch.autograd.function import once_differentiable
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from torch_dlbasics.nn import _batch_stats as bs
+from torch_dlbasics.nn._autograd import signature_once
 from torch_dlbasics.nn.batchnorm import _BatchNorm, _dx, _normalize, _weight_grads
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormFunction"]
 
 
+@signature_once
 class SyncBatchNormFunction(torch.autograd.Function):
     """Batch norm over the global batch: forward all-gathers per-rank (count, mean, M2),
     backward all-reduces the per-channel sums of ``dout`` and ``dout * xn``.
