@@ -36,6 +36,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from torch_dlbasics.nn._autograd import transforms_active
+
 CHUNK_ELEMENTS = 1 << 20
 """About 4 MB of float32: a centred chunk of rows stays in cache."""
 
@@ -111,13 +113,6 @@ def row_chunks(v: Tensor, elements: int = CHUNK_ELEMENTS) -> list[slice]:
     return [slice(i, i + step) for i in range(0, v.shape[0], step)]
 
 
-def _transforms_active() -> bool:
-    """Whether a ``torch.func`` transform (vmap, grad, jvp) is running, where our temporaries may
-    not be written in place or with ``out=`` (False while dynamo traces: it cannot trace the
-    query on torch 2.4)."""
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
-
-
 def chunk_scratch(v: Tensor, chunks: list[slice]) -> Optional[Tensor]:
     """One buffer for :func:`centred` chunks of ``v`` (the size of its largest chunk, as
     :func:`row_chunks` makes them), or None where each chunk is made fresh instead.
@@ -133,7 +128,7 @@ def chunk_scratch(v: Tensor, chunks: list[slice]) -> Optional[Tensor]:
     """
     if len(chunks) < 3 or not v.is_contiguous() or torch.is_grad_enabled():
         return None  # (grad enabled: a double backward, where ``out=`` cannot be differentiated)
-    if _transforms_active():
+    if transforms_active():
         return None
     return v.new_empty((chunks[0].stop - chunks[0].start, *v.shape[1:]))
 
@@ -242,7 +237,7 @@ def _plane_affine_applies(t: Tensor, scale: Tensor, shift: Tensor, channels_inne
         and scale.dtype == dtype
         and shift.dtype == dtype
         and not torch.compiler.is_compiling()
-        and not _transforms_active()
+        and not transforms_active()
         and not (
             torch.is_grad_enabled()
             and (t.requires_grad or scale.requires_grad or shift.requires_grad)
@@ -264,7 +259,7 @@ def addcmul_fresh(fresh: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
     """``fresh + t1 * t2``, into ``fresh`` (a temporary of ours) outside ``torch.func``
     transforms; inside them out of place (``addcmul_`` has no batching rule, and its fallback
     loops over the batch with a warning)."""
-    if _transforms_active():
+    if transforms_active():
         return torch.addcmul(fresh, t1, t2)
     return fresh.addcmul_(t1, t2)
 

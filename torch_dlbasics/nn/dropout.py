@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from torch_dlbasics.nn._autograd import records, signature_once
+from torch_dlbasics.nn._autograd import records, signature_once, transforms_active
 from torch_dlbasics.nn._batch_stats import channel_innermost, dtype_name
 
 __all__ = ["Dropout", "dropout"]
@@ -75,7 +75,7 @@ def _keep_probability(p: float, bits: int) -> float:
 
 def _random_words(n: int, bits: int, device: torch.device) -> Tensor:
     """``n`` uniformly distributed signed ``bits``-bit words from torch's generator."""
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+    if transforms_active():
         # torch.vmap (torch 2.4 has no batching rule for a dtype view): one draw per word
         high = 2 ** (bits - 1) - (1 if bits == 64 else 0)  # (int64's range as below)
         return torch.randint(-(2 ** (bits - 1)), high, (n,), dtype=_WORDS[bits], device=device)
