@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import re
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import pytest
 import torch
@@ -48,6 +48,19 @@ def _steps(opt: torch.optim.Optimizer, params: list[torch.Tensor], n: int = 4, s
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
         opt.step()
+
+
+@pytest.fixture
+def kept(monkeypatch) -> dict:
+    """fused=True with an empty store of kept graphs (so compiles can be counted) and the eager
+    backend (dynamo's graph run op by op, without inductor's compile time)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()  # (a graph is kept when it compiles: none may be cached already)
+    graphs: dict = {}
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    monkeypatch.setattr(_fused, "_GRAPHS", graphs)
+    return graphs
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +279,7 @@ def test_torch_fused_cpu_mispairs_a_transposed_parameter_ours_does_not(torch_cls
     torch.testing.assert_close(c, b)
 
 
-def test_fused_does_not_recompile_when_a_scheduler_changes_lr(monkeypatch) -> None:
+def test_fused_does_not_recompile_when_a_scheduler_changes_lr(monkeypatch, kept) -> None:
     """The lr enters the compiled graph as a tensor: a StepLR schedule compiles once (plus once
     when the state appears), the step count likewise."""
     import torch._dynamo
@@ -288,7 +301,7 @@ def test_fused_does_not_recompile_when_a_scheduler_changes_lr(monkeypatch) -> No
     assert counters["stats"]["unique_graphs"] <= 2
 
 
-def test_fused_past_the_recompile_limit_runs_uncompiled(monkeypatch) -> None:
+def test_fused_past_the_recompile_limit_runs_uncompiled(monkeypatch, kept) -> None:
     import torch._dynamo
 
     monkeypatch.setattr(_fused, "BACKEND", "eager")
@@ -316,7 +329,7 @@ def _repeated_params(n: int = 7) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("cls", ALL)
-def test_fused_chunks_equal_one_call_and_reuse_one_graph(cls, monkeypatch) -> None:
+def test_fused_chunks_equal_one_call_and_reuse_one_graph(cls, monkeypatch, kept) -> None:
     """CHUNK parameters per compiled call: every state entry bit-equal to the whole group in
     one call, and equal to the per-tensor path to rounding, with a None gradient on one step.
     Chunks of the same shapes run one graph, and the step that creates the state runs the same
@@ -362,7 +375,7 @@ def test_fused_chunks_equal_one_call_and_reuse_one_graph(cls, monkeypatch) -> No
     assert graphs == 2 + 4, graphs
 
 
-def test_fused_recompile_limit_counts_every_chunk(monkeypatch) -> None:
+def test_fused_recompile_limit_counts_every_chunk(monkeypatch, kept) -> None:
     """A step of more distinct chunks than dynamo's recompile limit still compiles them all."""
     import torch._dynamo
 
@@ -406,7 +419,7 @@ def _failing_chunk(monkeypatch, fail_at: int) -> list[int]:
     return calls
 
 
-def test_fused_first_chunk_failing_to_compile_raises_and_changes_nothing(monkeypatch) -> None:
+def test_fused_first_chunk_failing_to_compile_raises_and_changes_nothing(monkeypatch, kept) -> None:
     monkeypatch.setattr(_fused, "BACKEND", "eager")
     monkeypatch.setattr(_fused, "CHUNK", 2)
     _failing_chunk(monkeypatch, fail_at=1)
@@ -421,7 +434,9 @@ def test_fused_first_chunk_failing_to_compile_raises_and_changes_nothing(monkeyp
     assert all(not torch.any(s["exp_avg"]) and s["step"] == 0 for s in opt.state.values())
 
 
-def test_fused_later_chunk_failing_to_compile_completes_the_step_uncompiled(monkeypatch) -> None:
+def test_fused_later_chunk_failing_to_compile_completes_the_step_uncompiled(
+    monkeypatch, kept
+) -> None:
     """After earlier chunks wrote, a chunk that fails to compile runs the same update
     uncompiled (with a warning): the step is whole, equal to the per-tensor path."""
     monkeypatch.setattr(_fused, "BACKEND", "eager")
@@ -441,6 +456,192 @@ def test_fused_later_chunk_failing_to_compile_completes_the_step_uncompiled(monk
         assert torch.equal(a, b)
         for key, value in o1.state[a].items():
             assert torch.equal(value.to(o2.state[b][key].device), o2.state[b][key]), key
+
+
+# Kept graphs: after a chunk compiles, later steps call its graph without dynamo.
+def _assert_equal(p1: list, o1: torch.optim.Optimizer, p2: list, o2: torch.optim.Optimizer, **tol):
+    """Parameters and every state entry equal (bit-equal without ``tol``)."""
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, **(tol or {"rtol": 0, "atol": 0}))
+        assert o1.state[a].keys() == o2.state[b].keys()
+        for key, value in o1.state[a].items():
+            other = o2.state[b][key].to(value)
+            torch.testing.assert_close(value, other, **(tol or {"rtol": 0, "atol": 0}))
+
+
+def _dynamo_calls(monkeypatch) -> list[int]:
+    """Counts the compiled calls that go through dynamo (each chunk's first, or a changed one)."""
+    calls: list[int] = []
+    real = _fused._compiled
+
+    def compiled_of(update):
+        compiled, plain = real(update)
+
+        def counted(*args):
+            calls.append(len(args[0]))
+            return compiled(*args)
+
+        return counted, plain
+
+    monkeypatch.setattr(_fused, "_compiled", compiled_of)
+    return calls
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_fused_kept_graphs_run_without_dynamo_and_equal_the_per_tensor_path(
+    cls: type, kept: dict, monkeypatch
+) -> None:
+    """Steps after the first of each graph skip dynamo and its guards: every state entry
+    bit-equal to the same steps through dynamo (the same graph), and equal to the per-tensor
+    path to rounding (a tensor learning rate inside the graph), through steps with a None
+    gradient (other chunks: through dynamo once, then kept too)."""
+    calls = _dynamo_calls(monkeypatch)
+    p1, p2, p3 = make_params(), make_params(), make_params()
+    o1, o2 = ours(cls, p1, fused=True, **KW[cls]), ours(cls, p2, fused=True, **KW[cls])
+    o3 = ours(cls, p3, foreach=False, **KW[cls])
+    gen = torch.Generator().manual_seed(3)
+    through_dynamo = []
+    for step in range(7):
+        for i, (a, b, c) in enumerate(zip(p1, p2, p3)):
+            g = torch.randn(a.shape, generator=gen, dtype=a.dtype)
+            g = None if step in (3, 4) and i == 1 else g
+            a.grad, b.grad, c.grad = (None, None, None) if g is None else (g, g.clone(), g.clone())
+        before = len(calls)
+        o1.step()
+        through_dynamo.append(len(calls) - before)
+        monkeypatch.setattr(_fused, "_GRAPHS", {})  # o2: through dynamo every step
+        o2.step()
+        monkeypatch.setattr(_fused, "_GRAPHS", kept)
+        o3.step()
+        _assert_equal(p1, o1, p2, o2)
+        _assert_equal(p1, o1, p3, o3, rtol=1e-12, atol=1e-13)
+    # Through dynamo: step 0, step 1 where the first step's arguments differ (SGD's
+    # dampening), step 3 (p[1] without a gradient); every other step a kept graph.
+    first_differs = cls is SGD
+    assert through_dynamo == [1, int(first_differs), 0, 1, 0, 0, 0] and kept
+
+
+def test_fused_kept_graph_is_not_used_for_other_layouts_or_hyperparameters(
+    kept: dict, monkeypatch
+) -> None:
+    """Gradients of another layout (other strides) and a changed momentum go through dynamo
+    (its guards fail, it compiles) and are kept in turn; a kept graph never runs for tensors
+    or hyperparameters other than its own."""
+    calls = _dynamo_calls(monkeypatch)
+    p1, p2 = make_params(), make_params()
+    o1, o2 = SGD(p1, lr=0.1, momentum=0.9, fused=True), SGD(p2, lr=0.1, momentum=0.9)
+
+    def step(grads: list[torch.Tensor]) -> int:
+        for a, b, g in zip(p1, p2, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        before = len(calls)
+        o1.step()
+        o2.step()
+        _assert_equal(p1, o1, p2, o2, rtol=1e-12, atol=1e-13)
+        return len(calls) - before
+
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in p1]
+    assert [step(grads) for _ in range(3)] == [1, 0, 0]
+    turned = [g if g.dim() < 2 else g.t().contiguous().t() for g in grads]  # other strides
+    assert [step(turned) for _ in range(2)] == [1, 0]
+    assert [step(grads) for _ in range(2)] == [0, 0]  # (the first layout's graph is kept)
+    for o in (o1, o2):
+        o.param_groups[0]["momentum"] = 0.5
+    assert [step(grads) for _ in range(2)] == [1, 0]
+
+
+@pytest.mark.parametrize("kw", [{}, {"momentum": 0.9}], ids=["plain", "momentum"])
+def test_fused_kept_graphs_stand_in_for_the_per_parameter_checks(kw: dict, kept, monkeypatch):
+    """Once every chunk has a kept graph, a step makes no other check of its tensors (the
+    graph's check implies them) and creates nothing; plain SGD, without state, too."""
+    p1, p2 = make_params(), make_params()
+    o1, o2 = SGD(p1, lr=0.1, fused=True, **kw), SGD(p2, lr=0.1, **kw)
+    _steps(o1, p1, 2)
+    _steps(o2, p2, 2)
+
+    def no_checks(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("per-parameter checks with kept graphs")
+
+    monkeypatch.setattr(engine, "_check_params", no_checks)
+    _steps(o1, p1, 2, seed=7)
+    monkeypatch.undo()
+    _steps(o2, p2, 2, seed=7)
+    _assert_equal(p1, o1, p2, o2, rtol=1e-12, atol=1e-13)
+
+
+def test_fused_refused_input_after_kept_graphs_changes_nothing(kept: dict) -> None:
+    """A state entry of the wrong shape or dtype once graphs are kept: the kept graph's check
+    fails, so the checks run and refuse it with the usual error before anything is written."""
+    params = make_params()
+    opt = Adam(params, lr=0.1, fused=True)
+    _steps(opt, params, 3)
+    assert kept
+    opt.state[params[3]]["exp_avg"] = torch.zeros(9, dtype=params[3].dtype)
+    opt.state[params[1]]["exp_avg_sq"] = torch.zeros(4, dtype=torch.float32)
+    before, values = snapshot(opt), [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"state 'exp_avg_sq' of parameter 1 is torch\.float32"):
+        opt.step()
+    assert_same_snapshot(snapshot(opt), before)
+    assert all(torch.equal(p, v) for p, v in zip(params, values))
+
+
+def test_fused_without_a_kept_graph_when_a_tensor_is_passed_twice_or_a_mode_is_on(
+    kept: dict, monkeypatch
+) -> None:
+    """Two parameters with one gradient tensor (dynamo passes it once: no kept graph for it):
+    through dynamo every step. A torch dispatch mode active (dynamo does not compile under
+    one): the same update uncompiled, whose ops the mode sees. The per-tensor path's values."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        ops: ClassVar[list] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    calls = _dynamo_calls(monkeypatch)
+    p1 = [torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    p2 = [p.detach().clone().requires_grad_() for p in p1]
+    o1, o2 = SGD(p1, lr=0.1, fused=True), SGD(p2, lr=0.1)
+    shared = torch.ones(3, dtype=torch.float64)
+    for _ in range(3):
+        for a, b in zip(p1, p2):
+            a.grad, b.grad = shared, shared.clone()
+        o1.step()
+        o2.step()
+    assert len(calls) == 3 and not kept and all(torch.equal(a, b) for a, b in zip(p1, p2))
+    for a, b in zip(p1, p2):
+        a.grad, b.grad = torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    o1.step(), o1.step(), o2.step(), o2.step()
+    assert kept and len(calls) == 4  # (a new graph, then kept)
+    with Seen():
+        assert _fused._global_state() is None
+        o1.step()
+    o2.step()
+    assert len(calls) == 4 and Seen.ops
+    _assert_equal(p1, o1, p2, o2, rtol=1e-12, atol=1e-13)
+
+
+def test_fused_kept_graph_runs_inside_a_default_device_context(kept: dict, monkeypatch) -> None:
+    """``torch.device(...)`` (or ``set_default_device``) is a torch function mode that only
+    places new tensors: kept graphs still run there."""
+    calls = _dynamo_calls(monkeypatch)
+    params = make_params()
+    opt = Adam(params, lr=0.1, fused=True)
+    _steps(opt, params, 2)
+    with torch.device("cpu"):
+        assert _fused._global_state() is not None
+        _steps(opt, params, 2)
+    assert len(calls) == 1 and kept
+
+
+def test_fused_learning_rate_tensor_is_one_per_value() -> None:
+    assert _fused._lr_tensor(0.1) is _fused._lr_tensor(0.1)
+    zero, minus_zero = _fused._lr_tensor(0.0), _fused._lr_tensor(-0.0)
+    assert zero is not minus_zero and torch.signbit(minus_zero) and not torch.signbit(zero)
+    assert _fused._lr_tensor(0.1).dtype == torch.float64 and _fused._lr_tensor(0.1).dim() == 0
 
 
 def test_fused_without_a_cpp_compiler_is_a_clear_error(monkeypatch) -> None:

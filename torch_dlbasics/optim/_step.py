@@ -11,6 +11,10 @@ failing step changes nothing:
    fails);
 3. **update**: call the optimizer's update function once per batch.
 
+A ``fused=True`` step whose tensors pass the check of graphs compiled for tensors that passed
+phase 1 (:mod:`._fused` keeps them) skips the rest of phase 1 and phase 2: that check implies
+phase 1's, and every state entry exists.
+
 The optimizer class tells the engine, per param group, which update function runs and with
 which keyword arguments (``_update``), which state entries it takes after ``p, g`` (``_state_args``;
 ``"step"`` is the step count ``t``), how fresh state looks (``_init_state``) and which scratch
@@ -156,6 +160,8 @@ class _Plan:
     complex: bool  # some parameters are complex (updated as pairs of reals)
     batches: list[_Batch] = field(default_factory=list)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = field(default_factory=dict)
+    calls: Optional[list[_fused.Call]] = None  # fused: the calls of kept graphs (then no groups,
+    # no batches)
 
 
 def run_step(optimizer: Optimizer, closure: Optional[Callable[[], Any]]) -> Any:
@@ -204,6 +210,23 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
     fused = bool(group.get("fused")) and not is_compiling
     capturable = bool(group.get("capturable")) and not is_compiling
     differentiable = bool(group.get("differentiable")) and torch.is_grad_enabled()
+    if fused:  # [0] for state that existed, [1] for state created now (one dict where the
+        # arguments are the same: one graph for the first step and later ones)
+        fused_kwargs = [_fused.scalars(kwargs)]
+        fresh_kw = kwargs != kwargs_fresh
+        if fresh_kw:
+            fused_kwargs.append(_fused.scalars(kwargs_fresh))
+        if not (capturable or differentiable):
+            known = _known_fused_calls(
+                optimizer, group, update, params, grads, state_args, fused_kwargs
+            )
+            if known is not None:  # every tensor passed the check of a graph compiled for
+                # tensors that passed the checks below: nothing else to check or create
+                calls, states = known
+                fresh = [False] * len(params)
+                plan = _Plan(group, update, "fused", params, grads, states, fresh, state_args,
+                             tensor_steps=False, complex=False, calls=calls)  # fmt: skip
+                return plan
     states, groups, plain = _check_params(
         optimizer, params, grads, where, state_args, fused, capturable, differentiable
     )
@@ -235,15 +258,9 @@ def _plan(optimizer: Optimizer, group: dict[str, Any], first: int) -> Optional[_
     ]
 
     everything = list(range(len(params)))
-    if path == "fused":  # [0] for state that existed, [1] for state created now (the same
-        # batch where the arguments are the same: one graph for the first step and later ones)
-        old = _Batch(everything, _fused.scalars(kwargs), slots)
-        new = (
-            old
-            if kwargs == kwargs_fresh
-            else _Batch(everything, _fused.scalars(kwargs_fresh), slots)
-        )
-        plan.batches = [old, new]
+    if path == "fused":
+        old = _Batch(everything, fused_kwargs[0], slots)
+        plan.batches = [old, _Batch(everything, fused_kwargs[-1], slots) if fresh_kw else old]
     elif path == "per-tensor":  # [0] for state that existed, [1] for state created now
         convert = _as_tensors if is_compiling else _as_floats
         plan.batches = [_Batch(everything, convert(kw), slots) for kw in (kwargs, kwargs_fresh)]
@@ -280,6 +297,38 @@ def _choose_path(
     if foreach:
         return "lists"
     return "per-tensor" if plain else "one-by-one"  # subclasses: through the foreach ops
+
+
+def _known_fused_calls(
+    optimizer: Optimizer,
+    group: dict[str, Any],
+    update: Callable[..., None],
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_args: tuple[Optional[str], ...],
+    kwargs: list[dict[str, Any]],
+) -> Optional[tuple[list[_fused.Call], list[Optional[dict[str, Any]]]]]:
+    """``fused=True`` where every parameter has its state (if the update takes any): the step's
+    compiled calls and the states, if each call has a kept graph whose check its tensors pass,
+    else ``None``. That check is dynamo's, of every tensor's type, dtype, device, shape,
+    strides and dispatch keys against the tensors the graph was compiled for, which passed
+    :func:`_check_params`; so it implies those checks, and they are not made again."""
+    states: list[Optional[dict[str, Any]]]
+    if any(key is not None for key in state_args):
+        get = optimizer.state.get
+        states = [get(p) for p in params]
+        if not all(states):
+            return None
+    else:  # (plain SGD: no state)
+        states = [None] * len(params)
+    n_scratch = len(optimizer._scratch_slots(group))
+    try:
+        calls = _fused.calls(
+            update, params, grads, states, state_args, n_scratch, kwargs, [0] * len(params)
+        )
+    except KeyError:  # a state entry missing: the checks name it
+        return None
+    return (calls, states) if all(call.graph is not None for call in calls) else None
 
 
 def _check_params(
@@ -566,6 +615,8 @@ def _allocate(optimizer: Optimizer, plans: list[_Plan]) -> None:
     try:
         needs: dict[_scratch.Key, int] = {}
         for plan in plans:
+            if plan.calls is not None:  # (kept graphs: every state entry exists)
+                continue
             keys = [k for k in plan.state_args if k is not None]
             complete = None not in plan.states and not set(keys) & set(optimizer._LATE_STATE)
             for i, (p, state) in enumerate(zip(plan.params, [] if complete else plan.states)):
@@ -622,12 +673,15 @@ def _real(t: Tensor) -> Tensor:
 # Phase 3: the update.
 # --------------------------------------------------------------------------------------------
 def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
+    if plan.calls is not None:
+        _fused.run(plan.update, plan.calls)
+        return
     states = [_EMPTY if state is None else state for state in plan.states]
     if plan.path == "fused":
         old, new = plan.batches
         kwargs = [old.kwargs] if new is old else [old.kwargs, new.kwargs]
         which = [0] * len(plan.fresh) if new is old else [int(f) for f in plan.fresh]
-        _fused.run(
+        calls = _fused.calls(
             plan.update,
             plan.params,
             plan.grads,
@@ -637,6 +691,7 @@ def _dispatch(optimizer: Optimizer, plan: _Plan) -> None:
             kwargs,
             which,
         )
+        _fused.run(plan.update, calls)
         return
     if plan.path == "per-tensor":
         _per_tensor(optimizer, plan, states)
