@@ -401,22 +401,7 @@ def test_fused_recompile_limit_counts_every_chunk(monkeypatch, kept) -> None:
 def _failing_chunk(monkeypatch, fail_at: int) -> list[int]:
     """The compiled call raises (as a compile error would, before the call writes anything)
     at call number ``fail_at``; returns the list of calls made, compiled or not."""
-    calls: list[int] = []
-    real = _fused._compiled
-
-    def compiled_of(update):
-        compiled, plain = real(update)
-
-        def flaky(*args):
-            calls.append(len(args[0]))
-            if len(calls) == fail_at:
-                raise RuntimeError("inductor: C++ compile failed")
-            return compiled(*args)
-
-        return flaky, plain
-
-    monkeypatch.setattr(_fused, "_compiled", compiled_of)
-    return calls
+    return _dynamo_calls(monkeypatch, fail_at)
 
 
 def test_fused_first_chunk_failing_to_compile_raises_and_changes_nothing(monkeypatch, kept) -> None:
@@ -469,8 +454,9 @@ def _assert_equal(p1: list, o1: torch.optim.Optimizer, p2: list, o2: torch.optim
             torch.testing.assert_close(value, other, **(tol or {"rtol": 0, "atol": 0}))
 
 
-def _dynamo_calls(monkeypatch) -> list[int]:
-    """Counts the compiled calls that go through dynamo (each chunk's first, or a changed one)."""
+def _dynamo_calls(monkeypatch, fail_at: int = 0) -> list[int]:
+    """Counts the compiled calls that go through dynamo (each chunk's first, or a changed one);
+    call number ``fail_at`` (from 1; 0: none) raises instead, as a compile error would."""
     calls: list[int] = []
     real = _fused._compiled
 
@@ -479,6 +465,8 @@ def _dynamo_calls(monkeypatch) -> list[int]:
 
         def counted(*args):
             calls.append(len(args[0]))
+            if len(calls) == fail_at:
+                raise RuntimeError("inductor: C++ compile failed")
             return compiled(*args)
 
         return counted, plain
