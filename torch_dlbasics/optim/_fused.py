@@ -165,7 +165,7 @@ class Call:
 
     args: tuple[Any, ...]
     tensors: Optional[list[Tensor]]  # None: a tensor passed twice (dynamo only)
-    key: Optional[tuple[Any, ...]]  # None: dynamo only
+    key: Optional[tuple[Any, ...]]  # None: dynamo only (also under another global state)
     graph: Optional[_Graph] = None
 
 
@@ -184,7 +184,7 @@ def calls(
     arguments ``kwargs[which[i]]`` (state that existed, state created this step; one dict where
     they are the same, so the first step runs the later steps' graph)."""
     is_step = [key == "step" for key in state_args]
-    constants = _constants(kwargs)
+    constants, state = _constants(kwargs), _global_state()
     out = []
     for start in range(0, len(params), CHUNK):
         end = start + CHUNK
@@ -196,8 +196,8 @@ def calls(
         args += (which[start:end],)
         tensors = _tensors(args)
         key = None
-        if constants is not None and tensors is not None:
-            key = (update, BACKEND, len(tensors), tuple(args[-1]), constants, _global_state())
+        if constants is not None and state is not None and tensors is not None:
+            key = (update, BACKEND, len(tensors), tuple(args[-1]), constants, state)
         call = Call(args, tensors, key)
         call.graph = _known(call)
         out.append(call)
@@ -217,8 +217,7 @@ def run(update: Callable[..., None], calls: list[Call]) -> None:
         if call.graph is not None:
             call.graph.fn(*[call.tensors[i] for i in call.graph.order])  # type: ignore[index]
             continue
-        del _CAUGHT[:]
-        try:
+        try:  # (_CAUGHT is empty here: emptied after every compiled call)
             with _recompile_limit_for(len(calls)):
                 compiled(*call.args)
         except Exception as err:  # nothing of this chunk ran: fullgraph=True traces first
@@ -300,7 +299,7 @@ def _only_device_modes() -> bool:
 
 def _known(call: Call) -> Optional[_Graph]:
     """The kept graph for the call's hyperparameters and its tensors' layout, if there is one."""
-    if call.key is None or call.key[-1] is None:
+    if call.key is None:
         return None
     for graph in _GRAPHS.get(call.key, ()):
         if graph.guards.check(*call.tensors):
@@ -311,7 +310,7 @@ def _known(call: Call) -> Optional[_Graph]:
 def _keep(call: Call) -> None:
     """Keep the graph the backend compiled in this call (if it compiled exactly one, whose
     inputs are all among the call's tensors) for :func:`_known`."""
-    if call.key is None or call.key[-1] is None or TensorGuards is None or len(_CAUGHT) != 1:
+    if call.key is None or TensorGuards is None or len(_CAUGHT) != 1:
         return
     inputs, fn = _CAUGHT[0]
     tensors = call.tensors
