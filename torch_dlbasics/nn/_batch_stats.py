@@ -174,16 +174,21 @@ def dout_sums(dyv: Tensor, xv: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel ``sum(dout)`` and ``sum(dout * (x - mean))`` of channel views, in chunks.
 
     Centring before the product keeps ``sum(dout * xc)`` free of the cancellation that
-    ``sum(dout * x) - mean * sum(dout)`` suffers for a large mean.
+    ``sum(dout * x) - mean * sum(dout)`` suffers for a large mean. Both sums of a chunk are
+    taken before the next chunk, so its ``dout`` is still in cache for the product: one read
+    of ``dout`` from memory instead of two, the same sums bit for bit (0.96-1.0x the time of
+    two loops over the chunks at the report's BatchNorm shapes, float32; 2-core AMD EPYC VM,
+    torch 2.14.1).
     """
     mean_b = per_channel(mean, xv)
     chunks = row_chunks(xv)
     scratch = chunk_scratch(xv, chunks)
-    total = _chunked_sum([channel_sum(dyv[rows]) for rows in chunks])
-    total_xc = _chunked_sum(
-        [channel_sum(_mul(centred(xv, r, mean_b, scratch), dyv[r])) for r in chunks]
-    )
-    return total, total_xc
+    sums, sums_xc = [], []
+    for rows in chunks:
+        dy = dyv[rows]
+        sums.append(channel_sum(dy))
+        sums_xc.append(channel_sum(_mul(centred(xv, rows, mean_b, scratch), dy)))
+    return _chunked_sum(sums), _chunked_sum(sums_xc)
 
 
 def _mul(fresh: Tensor, other: Tensor) -> Tensor:
